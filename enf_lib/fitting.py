@@ -1,0 +1,266 @@
+"""Fitting latents to signals (the inner loop) and meta-learning the decoder (the outer loop).
+
+Inner loop: starting from the grid initialisation, a few gradient steps on the reconstruction
+error move each signal's latents, with one learning rate per latent component (SGD) or one
+learned rate per latent entry (Meta-SGD). Outer loop: Adam on the decoder parameters (and the
+Meta-SGD rates) through the inner loop, in second order (MAML: differentiate through the inner
+gradients) or first order (treat the inner gradients as constants).
+
+Everything here is pure and jit-compiled once per shape: the inner loop is a ``lax.scan``,
+batches are drawn on the device from a data set that lives on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from enf_lib.config import ENFConfig, FitConfig
+from enf_lib.coordinates import coordinate_grid, images_to_signals
+from enf_lib.latents import Latents, init_latents_batch
+from enf_lib.model import EquivariantNeuralField, functional
+
+Array = jax.Array
+
+
+def psnr(pred: Array, target: Array, max_val: float = 1.0) -> Array:
+    """Per-signal peak signal-to-noise ratio in dB: ``(B, ...) x (B, ...) -> (B,)``.
+
+    ``10 log10(max_val^2 / MSE)`` with the MSE over all entries of each signal; ``pred`` is
+    clipped to ``[0, max_val]`` first, as when displaying the image.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} differ in shape")
+    err = jnp.square(jnp.clip(pred, 0.0, max_val) - target)
+    mse = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
+    return 10.0 * jnp.log10(max_val**2 / jnp.maximum(mse, 1e-12))
+
+
+def per_signal_mse(pred: Array, target: Array) -> Array:
+    """``(B, N, C) x (B, N, C) -> (B,)`` mean squared error of each signal."""
+    return jnp.mean(jnp.square(pred - target), axis=(1, 2))
+
+
+@struct.dataclass
+class MetaState:
+    """Everything that changes during meta-training.
+
+    Attributes:
+      params: decoder parameters (an ``nnx.State``).
+      rates: inner learning rates as a :class:`Latents` of per-entry rates, shapes
+        ``(L, pose_dim)``, ``(L, latent_dim)``, ``(L, 1)``; trained only with Meta-SGD.
+      opt_state: optax state of the trainable part.
+      step: outer steps taken.
+    """
+
+    params: Any
+    rates: Latents
+    opt_state: Any
+    step: Array
+
+
+class MetaLearner:
+    """Meta-learns an :class:`EquivariantNeuralField` and fits latents with it.
+
+    Example::
+
+        learner = MetaLearner(ENFConfig(), FitConfig(), image_shape=(32, 32))
+        state = learner.init(jax.random.key(0))
+        state, metrics = learner.train_step(state, data, jax.random.key(1))
+        latents = learner.fit(state, images, jax.random.key(2))
+    """
+
+    def __init__(self, enf: ENFConfig, fit: FitConfig, image_shape: tuple[int, int]):
+        self.enf, self.cfg = enf, fit
+        self.image_shape = tuple(image_shape)
+        self.coords = coordinate_grid(*self.image_shape)                       # (N, 2)
+        self.model = EquivariantNeuralField(enf, rngs=nnx.Rngs(0))
+        self.apply, _ = functional(self.model)
+        self.bi_invariant = self.model.bi_invariant
+        self.optimizer = optax.chain(
+            optax.clip_by_global_norm(fit.grad_clip) if fit.grad_clip else optax.identity(),
+            optax.adam(fit.outer_lr),
+        )
+        # A component with rate 0 is frozen, also under Meta-SGD.
+        self._rate_mask = Latents(pose=jnp.float32(fit.lr_pose > 0),
+                                  context=jnp.float32(fit.lr_context > 0),
+                                  window=jnp.float32(fit.lr_window > 0))
+        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+        self.outer_grads = jax.jit(self._outer_grads)
+        self._fit = jax.jit(self._fit_impl, static_argnames="steps")
+
+    # ----------------------------------------------------------------- state
+    def init(self, key: Array) -> MetaState:
+        """Fresh decoder parameters from ``key`` and inner rates from the config."""
+        _, params = nnx.split(EquivariantNeuralField(self.enf, rngs=nnx.Rngs(key)))
+        e, f = self.enf, self.cfg
+        rates = Latents(
+            pose=jnp.full((e.num_latents, self.bi_invariant.pose_dim), f.lr_pose),
+            context=jnp.full((e.num_latents, e.latent_dim), f.lr_context),
+            window=jnp.full((e.num_latents, 1), f.lr_window),
+        )
+        trainable = self._trainable(params, rates)
+        return MetaState(params, rates, self.optimizer.init(trainable), jnp.zeros((), jnp.int32))
+
+    def _trainable(self, params: Any, rates: Latents) -> dict[str, Any]:
+        return {"params": params, "rates": rates} if self.cfg.meta_sgd else {"params": params}
+
+    def init_latents(self, key: Array, batch_size: int) -> Latents:
+        """Grid-initialised latents for ``batch_size`` signals (leading axis ``B``)."""
+        e = self.enf
+        return init_latents_batch(key, batch_size, e.num_latents, e.latent_dim, self.bi_invariant)
+
+    # ------------------------------------------------------------ inner loop
+    def _effective_rates(self, rates: Latents) -> Latents:
+        lo, hi = self.cfg.meta_sgd_clip
+        clip = (lambda r: jnp.clip(r, lo, hi)) if self.cfg.meta_sgd else (lambda r: r)
+        return jax.tree.map(lambda r, m: clip(r) * m, rates, self._rate_mask)
+
+    def _subsample(self, key: Array, num: int | None) -> Array:
+        """Indices of ``num`` random coordinates without replacement (all when ``None``)."""
+        n = self.coords.shape[0]
+        if num is None or num >= n:
+            return jnp.arange(n)
+        return jax.random.permutation(key, n)[:num]
+
+    def inner_loop(self, params: Any, rates: Latents, latents: Latents, targets: Array,
+                   key: Array, *, steps: int | None = None,
+                   second_order: bool | None = None) -> Latents:
+        """Adapt ``latents`` (batch ``B``) to ``targets (B, N, C)`` by ``steps`` gradient steps.
+
+        The loss is the sum over the batch of per-signal MSE, so each signal gets the gradient of
+        its own error. Each step sees ``inner_coords`` random coordinates (all when ``None``).
+        """
+        steps = self.cfg.inner_steps if steps is None else steps
+        second_order = self.cfg.second_order if second_order is None else second_order
+        rates = self._effective_rates(rates)
+
+        def loss(z: Latents, idx: Array) -> Array:
+            pred = self.apply(params, self.coords[idx], z)
+            return jnp.sum(per_signal_mse(pred, targets[:, idx]))
+
+        def step(z: Latents, k: Array) -> tuple[Latents, None]:
+            grads = jax.grad(loss)(z, self._subsample(k, self.cfg.inner_coords))
+            if not second_order:
+                grads = jax.lax.stop_gradient(grads)
+            return jax.tree.map(lambda p, r, g: p - r * g, z, rates, grads), None
+
+        latents, _ = jax.lax.scan(step, latents, jax.random.split(key, steps))
+        return latents
+
+    # ------------------------------------------------------------ outer loop
+    def _outer_loss(self, trainable: dict[str, Any], rates: Latents, targets: Array,
+                    key: Array) -> tuple[Array, Array]:
+        params = trainable["params"]
+        rates = trainable.get("rates", rates)
+        k_init, k_inner, k_outer = jax.random.split(key, 3)
+        z0 = self.init_latents(k_init, targets.shape[0])
+        z = self.inner_loop(params, rates, z0, targets, k_inner)
+        idx = self._subsample(k_outer, self.cfg.outer_coords)
+        pred = self.apply(params, self.coords[idx], z)
+        mse = per_signal_mse(pred, targets[:, idx])
+        return jnp.mean(mse), pred
+
+    def _batch(self, data: Array, key: Array) -> Array:
+        """A batch of ``batch_size`` distinct signals ``(B, N, C)`` drawn from ``data``."""
+        idx = jax.random.choice(key, data.shape[0], (self.cfg.batch_size,), replace=False)
+        return images_to_signals(data[idx])
+
+    def _outer_grads(self, state: MetaState, targets: Array, key: Array) -> tuple[Any, Array]:
+        """Gradient of the outer loss w.r.t. the trainable part, and the loss."""
+        trainable = self._trainable(state.params, state.rates)
+        (loss, _), grads = jax.value_and_grad(self._outer_loss, has_aux=True)(
+            trainable, state.rates, targets, key)
+        return grads, loss
+
+    def _train_step(self, state: MetaState, data: Array, key: Array) -> tuple[MetaState, dict[str, Array]]:
+        """One outer step on a random batch of ``data (M, H, W, C)`` (on the device)."""
+        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
+        targets = self._batch(data, k_batch)
+        grads, loss = self._outer_grads(state, targets, k_loss)
+        trainable = self._trainable(state.params, state.rates)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        new = MetaState(trainable["params"], trainable.get("rates", state.rates), opt_state,
+                        state.step + 1)
+        return new, {"loss": loss, "psnr": 10 * jnp.log10(1.0 / jnp.maximum(loss, 1e-12))}
+
+    # --------------------------------------------------------------- fitting
+    def _fit_impl(self, params: Any, rates: Latents, images: Array, key: Array,
+                  steps: int) -> Latents:
+        targets = images_to_signals(images)
+        k_init, k_inner = jax.random.split(key)
+        z0 = self.init_latents(k_init, targets.shape[0])
+        return self.inner_loop(params, rates, z0, targets, k_inner, steps=steps)
+
+    def fit(self, state: MetaState, images: Array | np.ndarray, key: Array,
+            steps: int | None = None) -> Latents:
+        """Latents for ``images (B, H, W, C)`` with the decoder frozen (``steps`` defaults to the
+        training inner steps)."""
+        images = check_images(images, self.image_shape, self.enf.num_out)
+        steps = self.cfg.inner_steps if steps is None else steps
+        return self._fit(state.params, state.rates, images, key, steps=steps)
+
+    def decode(self, state: MetaState, latents: Latents,
+               shape: tuple[int, int] | None = None) -> Array:
+        """Render latents ``(B, ...)`` as images ``(B, H, W, C)`` (on the training grid by default;
+        another ``shape`` samples the same field at another resolution)."""
+        shape = self.image_shape if shape is None else shape
+        out = _decode_jit(self.apply, state.params, coordinate_grid(*shape), latents)
+        return out.reshape(out.shape[0], *shape, -1)
+
+    def evaluate(self, state: MetaState, images: Array | np.ndarray, key: Array,
+                 steps: int | None = None, batch_size: int = 256) -> dict[str, np.ndarray]:
+        """Fit and decode ``images`` in chunks; per-image PSNR before and after fitting."""
+        images = check_images(images, self.image_shape, self.enf.num_out)
+        before, after = [], []
+        for i, start in enumerate(range(0, images.shape[0], batch_size)):
+            chunk = jnp.asarray(images[start:start + batch_size])
+            k = jax.random.fold_in(key, i)
+            z0 = self.init_latents(jax.random.split(k)[0], chunk.shape[0])
+            z = self.fit(state, chunk, k, steps)
+            before.append(psnr(self.decode(state, z0), chunk))
+            after.append(psnr(self.decode(state, z), chunk))
+        return {"psnr_before": np.asarray(jnp.concatenate(before)),
+                "psnr_after": np.asarray(jnp.concatenate(after))}
+
+    def with_config(self, **changes: Any) -> "MetaLearner":
+        """A learner with some :class:`FitConfig` fields changed (same decoder)."""
+        return MetaLearner(self.enf, dataclasses.replace(self.cfg, **changes), self.image_shape)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode_jit(apply: Any, params: Any, coords: Array, latents: Latents) -> Array:
+    return apply(params, coords, latents)
+
+
+def check_images(images: Array | np.ndarray, shape: tuple[int, int], channels: int) -> Array:
+    """Validate a batch of images ``(B, H, W, C)`` and return it as float32 in ``[0, 1]``.
+
+    uint8 images are scaled by 1/255; float images must already lie in ``[0, 1]``. Raises
+    ``ValueError`` for a wrong rank, size or channel count, non-finite or out-of-range values.
+    """
+    arr = np.asarray(images)
+    if arr.ndim != 4:
+        raise ValueError(f"images must have shape (B, H, W, C), got {arr.shape}")
+    if arr.shape[1:3] != tuple(shape):
+        raise ValueError(f"images are {arr.shape[1]}x{arr.shape[2]}, the learner expects "
+                         f"{shape[0]}x{shape[1]}")
+    if arr.shape[3] != channels:
+        raise ValueError(f"images have {arr.shape[3]} channels, the decoder outputs {channels}")
+    if arr.dtype == np.uint8:
+        return jnp.asarray(arr, jnp.float32) / 255.0
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"images must be uint8 or float, got {arr.dtype}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("images contain NaN or infinite values")
+    if arr.min() < 0 or arr.max() > 1:
+        raise ValueError(f"float images must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+    return jnp.asarray(arr, jnp.float32)

@@ -1,0 +1,627 @@
+"""Tests of enf_lib.datasets: finding, safely extracting and loading image data (offline)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+import sys
+import types
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from enf_lib.datasets import (
+    CIFAR10_CLASSES,
+    CorruptDataError,
+    DataNotFoundError,
+    cache_dir,
+    data_dir,
+    load_cifar10,
+    read_image_folder,
+    safe_extract_zip,
+)
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ENV_DATA_DIR = os.environ.get("ENF_DATA_DIR")  # read at import, before the fixture below clears it
+SPLIT_CODE = {"train": 0, "test": 1}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own empty cache folder and no data folder."""
+    monkeypatch.setenv("ENF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ENF_DATA_DIR", raising=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers that build tiny data sets
+# ---------------------------------------------------------------------------------------------
+
+
+def _pixel(label: int, index: int, split: str) -> np.ndarray:
+    """The colour of image ``index`` of class ``label`` in ``split``: uint8 (3,)."""
+    return np.array([20 * label + 5, 10 * index + 5, 100 * SPLIT_CODE[split] + 50], np.uint8)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _make_cifar_tree(
+    root: Path,
+    per_class: int = 3,
+    size: int = 32,
+    classes: Sequence[str] = CIFAR10_CLASSES,
+    ext: str = ".png",
+) -> Path:
+    """root/{train,test}/<class>/NNNN<ext>, each image one uniform colour :func:`_pixel`."""
+    for split in SPLIT_CODE:
+        for label, name in enumerate(classes):
+            for i in range(per_class):
+                color = _pixel(label, i, split)
+                _save(root / split / name / f"{i:04d}{ext}", np.full((size, size, 3), color))
+    return root
+
+
+def _expected_pixels(n: int, split: str) -> np.ndarray:
+    """The colours of the first ``n`` images of a tree read in interleaved order: (n, 3)."""
+    return np.stack([_pixel(j % 10, j // 10, split) for j in range(n)])
+
+
+def _zip_tree(src: Path, zip_path: Path, prefix: str = "") -> Path:
+    """Zip every folder and file under ``src`` with arcnames ``prefix + relative path``."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(src.rglob("*")):
+            zf.write(path, prefix + path.relative_to(src).as_posix())
+    return zip_path
+
+
+def _zip_with_member(zip_path: Path, name: str, data: bytes = b"evil", attr: int | None = None) -> Path:
+    """A zip with one harmless member and one member ``name`` (optionally with ``external_attr``)."""
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        zf.writestr("good/ok.txt", b"fine")
+        info = zipfile.ZipInfo(name)
+        if attr is not None:
+            info.external_attr = attr
+        zf.writestr(info, data)
+    with zipfile.ZipFile(zip_path) as zf:
+        assert name in zf.namelist()  # the unsafe name really is in the zip
+    return zip_path
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of everything under ``root``, to check that nothing was written there."""
+    return {str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Path], None]]:
+    """``read_only(path)`` makes a tree read-only; permissions are restored after the test."""
+    changed: list[tuple[Path, int]] = []
+
+    def make(root: Path) -> None:
+        for path in [root, *root.rglob("*")]:
+            mode = stat.S_IMODE(path.stat().st_mode)
+            changed.append((path, mode))
+            path.chmod(mode & ~0o222)
+
+    yield make
+    for path, mode in reversed(changed):
+        path.chmod(mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Folders
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cifar10_classes_in_official_order() -> None:
+    assert CIFAR10_CLASSES == (
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    )
+
+
+def test_data_dir_reads_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert data_dir() is None
+    monkeypatch.setenv("ENF_DATA_DIR", str(tmp_path / "data"))
+    assert data_dir() == tmp_path / "data"
+    assert not (tmp_path / "data").exists()  # never created
+
+
+def test_cache_dir_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cache_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
+    monkeypatch.delenv("ENF_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "enf_lib" and cache_dir().is_dir()
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "enf_lib" and cache_dir().is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# read_image_folder
+# ---------------------------------------------------------------------------------------------
+
+
+def test_read_image_folder_interleaves_sorted_files(tmp_path: Path) -> None:
+    files = {"b": ["2.png", "10.png", "1.png"], "a": ["x.jpeg"], "c": ["z.PNG", "y.jpg"]}
+    values = {}
+    for cls, names in files.items():
+        for k, name in enumerate(names):
+            value = 10 * len(values) + 10
+            values[(cls, name)] = value
+            mode_l = cls == "b" and k == 0  # one grayscale image: converted to RGB
+            array = np.full((8, 6), value, np.uint8) if mode_l else np.full((8, 6, 3), value, np.uint8)
+            _save(tmp_path / cls / name, array)
+    (tmp_path / "b" / "notes.txt").write_text("not an image")
+    _save(tmp_path / "b" / ".hidden.png", np.zeros((3, 3, 3), np.uint8))  # hidden, other size
+
+    images, labels, classes = read_image_folder(tmp_path)
+
+    assert classes == ("a", "b", "c")
+    assert images.dtype == np.uint8 and images.shape == (6, 8, 6, 3)
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 1, 2, 1, 2, 1]
+    order = [("a", "x.jpeg"), ("b", "1.png"), ("c", "y.jpg"), ("b", "10.png"), ("c", "z.PNG"), ("b", "2.png")]
+    expected = np.array([values[key] for key in order])
+    np.testing.assert_allclose(images.reshape(6, -1).mean(axis=1), expected, atol=2)  # JPEG: lossy
+    assert (images[5] == values[("b", "2.png")]).all()  # the grayscale PNG, exactly, in R, G and B
+
+
+def test_read_image_folder_given_class_names(tmp_path: Path) -> None:
+    for cls, count in (("a", 1), ("b", 1), ("c", 2)):
+        for i in range(count):
+            _save(tmp_path / cls / f"{i}.png", np.zeros((4, 4, 3), np.uint8))
+    _, labels, classes = read_image_folder(tmp_path, ["c", "a"])
+    assert classes == ("c", "a") and labels.tolist() == [0, 1, 0]
+    with pytest.raises(CorruptDataError, match="zzz"):
+        read_image_folder(tmp_path, ["a", "zzz"])
+
+
+def test_read_image_folder_rejects_mixed_sizes(tmp_path: Path) -> None:
+    _save(tmp_path / "a" / "0.png", np.zeros((4, 4, 3), np.uint8))
+    _save(tmp_path / "b" / "0.png", np.zeros((5, 4, 3), np.uint8))
+    with pytest.raises(CorruptDataError, match=r"b[/\\]0\.png"):
+        read_image_folder(tmp_path)
+
+
+def test_read_image_folder_rejects_unreadable_image(tmp_path: Path) -> None:
+    _save(tmp_path / "a" / "0.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "a" / "1.png").write_bytes(b"this is not a png")
+    with pytest.raises(CorruptDataError, match=r"1\.png"):
+        read_image_folder(tmp_path)
+
+
+def test_read_image_folder_rejects_empty_or_missing(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError):
+        read_image_folder(tmp_path / "missing")
+    with pytest.raises(CorruptDataError, match="no class sub-folders"):
+        read_image_folder(tmp_path)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(CorruptDataError, match="no .* images"):
+        read_image_folder(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# safe_extract_zip
+# ---------------------------------------------------------------------------------------------
+
+
+def test_safe_extract_zip_extracts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    _save(src / "top" / "img.png", np.zeros((2, 2, 3), np.uint8))
+    (src / "top" / "sub").mkdir()
+    (src / "top" / "sub" / "note.txt").write_text("hello")
+    zip_path = _zip_tree(src, tmp_path / "a.zip")
+    dest = tmp_path / "out" / "a"
+
+    assert safe_extract_zip(zip_path, dest) == dest
+    assert (dest / "top" / "sub" / "note.txt").read_text() == "hello"
+    assert (dest / "top" / "img.png").is_file()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["a"]  # no partial folder left
+
+    (dest / "top" / "sub" / "note.txt").write_text("changed")
+    monkeypatch.setattr(zipfile, "ZipFile", None)  # a completed dest is not even re-read
+    assert safe_extract_zip(zip_path, dest) == dest
+    assert (dest / "top" / "sub" / "note.txt").read_text() == "changed"
+
+
+def test_safe_extract_zip_refuses_unmarked_dest(tmp_path: Path) -> None:
+    zip_path = _zip_with_member(tmp_path / "a.zip", "x.txt")
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(FileExistsError, match="not a completed extraction"):
+        safe_extract_zip(zip_path, tmp_path / "dest")
+
+
+def test_safe_extract_zip_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    zip_path = _zip_with_member(tmp_path / "a.zip", "x.txt")
+
+    def interrupted(self: zipfile.ZipFile, path: str | os.PathLike) -> None:
+        (Path(path) / "half.txt").write_text("half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zipfile.ZipFile, "extractall", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        safe_extract_zip(zip_path, tmp_path / "out" / "dest")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../evil.txt", "good/../../evil.txt", "..\\evil.txt", "ABSOLUTE", "C:/evil.txt", "c:evil.txt"],
+)
+def test_safe_extract_zip_rejects_escaping_members(tmp_path: Path, name: str) -> None:
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "abs_evil.txt")
+    zip_path = _zip_with_member(tmp_path / "bad.zip", name)
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match="refusing to extract"):
+        safe_extract_zip(zip_path, tmp_path / "out" / "dest")
+    assert _snapshot(tmp_path) == before  # nothing written anywhere, dest included
+    assert not (tmp_path.parent / "evil.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["link", "good/link"])
+def test_safe_extract_zip_rejects_symlinks(tmp_path: Path, name: str) -> None:
+    zip_path = _zip_with_member(tmp_path / "bad.zip", name, b"/etc/passwd", attr=0o120777 << 16)
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match="symbolic link"):
+        safe_extract_zip(zip_path, tmp_path / "dest")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "end_cut", "crc", "empty"])
+def test_safe_extract_zip_rejects_corrupt_zip(tmp_path: Path, damage: str) -> None:
+    payload = bytes(range(256)) * 8
+    good = tmp_path / "good.zip"
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a/one.bin", payload)
+        zf.writestr("a/two.bin", payload[::-1])
+    data = bytearray(good.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "end_cut":
+        data = data[:-10]
+    elif damage == "crc":
+        data[data.index(payload) + 100] ^= 0xFF
+    else:
+        data = bytearray()
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(data))
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match="CRC" if damage == "crc" else "not a readable zip"):
+        safe_extract_zip(bad, tmp_path / "dest")
+    assert _snapshot(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# load_cifar10 from image folders and zips
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["top", "nested"])
+def test_load_cifar10_from_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nested: bool) -> None:
+    data = tmp_path / "data"
+    _make_cifar_tree(data / "cifar10" / "my-copy" if nested else data / "cifar10")
+    monkeypatch.setenv("ENF_DATA_DIR", str(data))
+    for split in SPLIT_CODE:
+        images, labels = load_cifar10(split, download=False)
+        assert images.dtype == np.uint8 and images.shape == (30, 32, 32, 3)
+        assert labels.dtype == np.int64 and labels.tolist() == [j % 10 for j in range(30)]
+        np.testing.assert_array_equal(images[:, 5, 7], _expected_pixels(30, split))
+
+    images, labels = load_cifar10("test", limit=10, download=False)
+    assert images.shape == (10, 32, 32, 3) and sorted(labels.tolist()) == list(range(10))
+    np.testing.assert_array_equal(images[:, 0, 0], _expected_pixels(10, "test"))
+    with pytest.raises(ValueError, match="limit=31 exceeds the 30 images"):
+        load_cifar10("test", limit=31, download=False)
+
+
+@pytest.mark.parametrize("prefix", ["", "cifar10-jpeg/"], ids=["top", "nested"])
+def test_load_cifar10_from_zip_in_read_only_data_dir(tmp_path: Path, read_only, prefix: str) -> None:
+    data = tmp_path / "data"
+    _zip_tree(_make_cifar_tree(tmp_path / "src", ext=".jpg"), data / "cifar10" / "tiny.zip", prefix)
+    read_only(data)
+    before = _snapshot(data)
+
+    for split in SPLIT_CODE:
+        images, labels = load_cifar10(split, data_dir=data, download=False)
+        assert images.dtype == np.uint8 and images.shape == (30, 32, 32, 3)
+        assert labels.tolist() == [j % 10 for j in range(30)]
+        np.testing.assert_allclose(images[:, 16, 16], _expected_pixels(30, split), atol=3)  # JPEG
+
+    assert _snapshot(data) == before
+    extracted = list((cache_dir() / "extracted").iterdir())
+    assert len(extracted) == 1 and extracted[0].name.startswith("tiny-")
+    assert sorted(p.name.split("-")[-1] for p in (cache_dir() / "cifar10").iterdir()) == [
+        "test.npz", "train.npz",
+    ]
+
+    # The second call reads the npz cache: it needs neither the extracted folder nor the images.
+    for path in sorted(extracted[0].rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    images2, labels2 = load_cifar10("test", data_dir=data, download=False)
+    np.testing.assert_array_equal(images2, images)
+    np.testing.assert_array_equal(labels2, labels)
+
+
+@pytest.mark.parametrize("junk", ["garbage", "wrong_dtype", "missing_key"])
+def test_load_cifar10_rebuilds_broken_cache(tmp_path: Path, junk: str) -> None:
+    data = tmp_path / "data"
+    _make_cifar_tree(data / "cifar10", per_class=1)
+    images, labels = load_cifar10("test", data_dir=data, download=False)
+    (npz,) = (cache_dir() / "cifar10").glob("*-test.npz")
+    if junk == "garbage":
+        npz.write_bytes(b"not an npz")
+    elif junk == "wrong_dtype":
+        np.savez(npz, images=images.astype(np.float32), labels=labels)
+    else:
+        np.savez(npz, images=images)
+    images2, labels2 = load_cifar10("test", data_dir=data, download=False)
+    np.testing.assert_array_equal(images2, images)
+    np.testing.assert_array_equal(labels2, labels)
+    with np.load(npz) as rebuilt:
+        assert rebuilt["images"].dtype == np.uint8 and rebuilt["labels"].dtype == np.int64
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+@pytest.mark.parametrize(
+    "problem, match",
+    [("renamed_class", "lorry"), ("extra_class", "unicorn"), ("wrong_size", "32x32"), ("no_splits", "train")],
+)
+def test_load_cifar10_rejects_unexpected_contents(tmp_path: Path, as_zip: bool, problem: str, match: str) -> None:
+    tree = tmp_path / "src" if as_zip else tmp_path / "data" / "cifar10"
+    if problem == "renamed_class":
+        _make_cifar_tree(tree, per_class=1, classes=[*CIFAR10_CLASSES[:-1], "lorry"])
+    elif problem == "extra_class":
+        _make_cifar_tree(tree, per_class=1, classes=[*CIFAR10_CLASSES, "unicorn"])
+    elif problem == "wrong_size":
+        _make_cifar_tree(tree, per_class=1, size=16)
+    else:
+        _save(tree / "images" / "airplane" / "0.png", np.zeros((32, 32, 3), np.uint8))
+    if as_zip:
+        _zip_tree(tree, tmp_path / "data" / "cifar10" / "copy.zip")
+    elif problem == "no_splits":  # a folder without train/ and test/ is simply not a copy
+        match = "not found"
+    error = DataNotFoundError if match == "not found" else CorruptDataError
+    with pytest.raises(error, match=match):
+        load_cifar10("test", data_dir=tmp_path / "data", download=False)
+
+
+def test_load_cifar10_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown CIFAR-10 split 'valid'"):
+        load_cifar10("valid")
+    for limit in (0, -3):
+        with pytest.raises(ValueError, match="limit must be a positive"):
+            load_cifar10("test", limit=limit)
+    with pytest.raises(DataNotFoundError, match="is not a folder"):
+        load_cifar10("test", data_dir=tmp_path / "missing", download=False)
+
+
+def test_load_cifar10_without_data_says_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DataNotFoundError, match="ENF_DATA_DIR") as info:
+        load_cifar10("test", download=False)
+    assert isinstance(info.value, FileNotFoundError)
+    assert 'pip install "enf_lib[torchvision]"' in str(info.value)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ENF_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(DataNotFoundError, match="no copy in the data folder"):
+        load_cifar10("train", download=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# load_cifar10 from the official python version (pickles)
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_official_batches(folder: Path, protocol: int, python2_names: bool) -> dict[str, tuple]:
+    """A fake ``cifar-10-batches-py``: 5 train batches of 2 images, a test batch of 3.
+
+    Returns the expected (images HWC, labels) per split. ``python2_names`` rewrites the NumPy
+    module names to ``numpy.core...`` as in the official (Python 2) files.
+    """
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    expected: dict[str, list] = {"train": [], "test": []}
+    for name, n in [*[(f"data_batch_{i}", 2) for i in range(1, 6)], ("test_batch", 3)]:
+        images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        data = images.transpose(0, 3, 1, 2).reshape(n, 3072)
+        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data, b"filenames": []}
+        raw = pickle.dumps(batch, protocol=protocol)
+        if python2_names:
+            raw = raw.replace(b"numpy._core.", b"numpy.core.")
+        (folder / name).write_bytes(raw)
+        expected["test" if name == "test_batch" else "train"].append((images, labels))
+    return {
+        split: (np.concatenate([i for i, _ in parts]), np.array(sum((l for _, l in parts), [])))
+        for split, parts in expected.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "where, protocol, python2_names",
+    [("", 2, True), ("cifar10/", 2, False), ("", 5, False)],
+)
+def test_load_cifar10_from_official_pickles(tmp_path: Path, where: str, protocol: int, python2_names: bool) -> None:
+    data = tmp_path / "data"
+    expected = _write_official_batches(data / where / "cifar-10-batches-py", protocol, python2_names)
+    for split, n in (("train", 10), ("test", 3)):
+        images, labels = load_cifar10(split, data_dir=data, download=False)
+        assert images.dtype == np.uint8 and images.shape == (n, 32, 32, 3) and images.flags.c_contiguous
+        assert labels.dtype == np.int64
+        np.testing.assert_array_equal(images, expected[split][0])  # CHW -> HWC, official order
+        np.testing.assert_array_equal(labels, expected[split][1])
+
+
+def test_official_pickle_known_pixel(tmp_path: Path) -> None:
+    """Flat index c*1024 + row*32 + col of b'data' is channel c of pixel (row, col)."""
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    _write_official_batches(folder, protocol=2, python2_names=True)
+    data = np.zeros((2, 3072), np.uint8)
+    data[0, [0 * 1024 + 1 * 32 + 2, 1 * 1024 + 1 * 32 + 2, 2 * 1024 + 1 * 32 + 2]] = [200, 100, 50]
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": data, b"labels": [7, 3]}, protocol=2))
+    images, labels = load_cifar10("test", data_dir=tmp_path / "data", download=False)
+    assert images[0, 1, 2].tolist() == [200, 100, 50]
+    assert images.sum() == 350 and labels.tolist() == [7, 3]
+
+
+class _CodeRunner:
+    def __reduce__(self) -> tuple:
+        return (os.getcwd, ())  # harmless here, but a pickle may name any function
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _CodeRunner()}, "forbidden"),
+        ({b"data": np.zeros((1, 100), np.uint8), b"labels": [0]}, "3072"),
+        ({b"labels": [0]}, "not an official"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "1 labels for 2 images"),
+    ],
+)
+def test_official_pickle_rejects_bad_content(tmp_path: Path, content: dict, match: str) -> None:
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    _write_official_batches(folder, protocol=2, python2_names=False)
+    (folder / "test_batch").write_bytes(pickle.dumps(content, protocol=2))
+    with pytest.raises(CorruptDataError, match=match):
+        load_cifar10("test", data_dir=tmp_path / "data", download=False)
+
+
+def test_official_pickles_missing_batch(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    _write_official_batches(folder, protocol=2, python2_names=False)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(CorruptDataError, match="data_batch_3"):
+        load_cifar10("train", data_dir=tmp_path / "data", download=False)
+
+
+def test_load_cifar10_from_earlier_official_download_in_cache() -> None:
+    expected = _write_official_batches(cache_dir() / "cifar10" / "cifar-10-batches-py", 2, True)
+    images, labels = load_cifar10("test", download=False)
+    np.testing.assert_array_equal(images, expected["test"][0])
+    np.testing.assert_array_equal(labels, expected["test"][1])
+
+
+# ---------------------------------------------------------------------------------------------
+# load_cifar10 via torchvision (faked: no network)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fake_cifar10_class(calls: list, error: Exception | None = None) -> type:
+    """A stand-in for ``torchvision.datasets.CIFAR10`` that records its calls."""
+
+    class FakeCIFAR10:
+        def __init__(self, root: str | os.PathLike, train: bool, download: bool) -> None:
+            calls.append((Path(root), train, download))
+            if error is not None:
+                raise error
+            n = 4 if train else 2
+            self.data = np.full((n, 32, 32, 3), 7 if train else 9, np.uint8)
+            self.targets = [3, 1, 4, 1][:n]
+
+    return FakeCIFAR10
+
+
+def _check_fake_download(calls: list) -> None:
+    images, labels = load_cifar10("train")
+    assert calls == [(cache_dir() / "cifar10", True, True)]
+    assert images.shape == (4, 32, 32, 3) and (images == 7).all()
+    assert labels.dtype == np.int64 and labels.tolist() == [3, 1, 4, 1]  # official order kept
+    load_cifar10("train")
+    assert len(calls) == 1  # the second call reads the npz cache
+    images, labels = load_cifar10("test", limit=1)
+    assert calls[-1] == (cache_dir() / "cifar10", False, True)
+    assert images.shape == (1, 32, 32, 3) and (images == 9).all() and labels.tolist() == [3]
+
+
+def _install_fake_torchvision(monkeypatch: pytest.MonkeyPatch, cifar10: type) -> None:
+    torchvision = types.ModuleType("torchvision")
+    torchvision.datasets = types.ModuleType("torchvision.datasets")
+    torchvision.datasets.CIFAR10 = cifar10
+    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", torchvision.datasets)
+
+
+def test_torchvision_download_patched(monkeypatch: pytest.MonkeyPatch) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    calls: list = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _fake_cifar10_class(calls))
+    _check_fake_download(calls)
+
+
+def test_torchvision_download_with_fake_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same check without torchvision installed (runs everywhere)."""
+    calls: list = []
+    _install_fake_torchvision(monkeypatch, _fake_cifar10_class(calls))
+    _check_fake_download(calls)
+
+
+def test_download_without_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
+    with pytest.raises(DataNotFoundError, match="torchvision, needed to download, is not installed"):
+        load_cifar10("test")
+
+
+def test_download_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list = []
+    _install_fake_torchvision(monkeypatch, _fake_cifar10_class(calls, OSError("no network")))
+    with pytest.raises(DataNotFoundError, match="download .* failed: no network"):
+        load_cifar10("test")
+    assert len(calls) == 1
+
+
+def test_no_download_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list = []
+    _install_fake_torchvision(monkeypatch, _fake_cifar10_class(calls))
+    with pytest.raises(DataNotFoundError, match="download=False"):
+        load_cifar10("test", download=False)
+    assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The real local copy (skipped when absent)
+# ---------------------------------------------------------------------------------------------
+
+
+def _real_data_root() -> Path | None:
+    for base in (ENV_DATA_DIR, SHARED_DATA):
+        if base and (Path(base) / "cifar10" / "cifar10-jpeg.zip").is_file():
+            return Path(base)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_cifar10(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data folder with cifar10/cifar10-jpeg.zip, a cache folder shared by the session)."""
+    root = _real_data_root()
+    if root is None:
+        pytest.skip("no cifar10/cifar10-jpeg.zip in ENF_DATA_DIR or ../shared/data")
+    return root, tmp_path_factory.mktemp("enf-cache")
+
+
+@pytest.mark.data
+def test_real_cifar10_test_split(real_cifar10: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, cache = real_cifar10
+    monkeypatch.setenv("ENF_CACHE_DIR", str(cache))
+    images, labels = load_cifar10("test", limit=200, data_dir=root, download=False)
+    assert images.dtype == np.uint8 and images.shape == (200, 32, 32, 3)
+    assert labels.dtype == np.int64 and labels[:10].tolist() == list(range(10))
+    assert np.bincount(labels).tolist() == [20] * 10
+    assert 80 < images.mean() < 180 and images.std() > 20
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_real_cifar10_train_split(real_cifar10: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    root, cache = real_cifar10
+    monkeypatch.setenv("ENF_CACHE_DIR", str(cache))
+    images, labels = load_cifar10("train", data_dir=root, download=False)
+    assert images.shape == (50000, 32, 32, 3) and np.bincount(labels).tolist() == [5000] * 10
+    assert 80 < images.mean() < 180
