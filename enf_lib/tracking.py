@@ -6,7 +6,9 @@ from the argument or the ``WANDB_MODE`` environment variable); ``WANDB_MODE=disa
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 
@@ -42,6 +44,18 @@ class MetricLogger:
             self.history.setdefault(name, []).append((int(step), float(value)))
         if self._run is not None:
             self._run.log(dict(metrics), step=int(step))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the history as JSON (atomically)."""
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.history))
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike, up_to_step: int | None = None) -> None:
+        """Replace the history by the one saved at ``path``, keeping entries up to ``up_to_step``."""
+        saved = json.loads(Path(path).read_text())
+        limit = float("inf") if up_to_step is None else up_to_step
+        self.history = {k: [(s, v) for s, v in pts if s <= limit] for k, pts in saved.items()}
 
     def close(self) -> None:
         if self._run is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -35,7 +36,9 @@ def meta_train(
     it already reached ``steps``) and the state is saved every ``checkpoint_every`` steps and at
     the end. Step ``i`` uses ``fold_in(key, i)``, so a resumed run draws the same batches.
 
-    Returns the final state and the logger (``logger.history`` holds loss and PSNR per step).
+    Returns the final state and the logger: ``logger.history`` holds loss and PSNR per step and
+    the wall time of this call, also saved as ``history.json`` beside the checkpoints, so a
+    resumed or skipped run still has its training curves.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -46,8 +49,11 @@ def meta_train(
     ckpt = None
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, config=config_dict(learner.enf, learner.cfg))
+        history = Path(checkpoint_dir) / "history.json"
         if ckpt.latest_step() is not None:
             state = ckpt.restore(state)
+            if history.exists():
+                logger.load(history, up_to_step=int(state.step))
     start = int(state.step)
     try:
         bar = progress(total=steps, initial=start, desc=desc, unit="step")
@@ -65,8 +71,11 @@ def meta_train(
             bar.update(1)
             if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
                 ckpt.save(step + 1, state)
+                logger.save(history)
         if steps > start:
             logger.log(steps, {"wall_time_s": time.perf_counter() - t0})
+            if ckpt is not None:
+                logger.save(history)
         bar.close()
     finally:
         if ckpt is not None:

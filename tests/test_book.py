@@ -1,0 +1,85 @@
+"""The book's sources agree with each other: notebook pairs, badges, install lines, environments."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = sorted((ROOT / "notebooks").glob("*.md"))
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+URL = CONFIG["repository"]["url"].rstrip("/")
+BRANCH = CONFIG["repository"]["branch"]
+
+
+def cells(notebook):
+    return [(c.cell_type, c.source.strip()) for c in notebook.cells]
+
+
+def test_there_are_notebooks():
+    assert SOURCES, "no notebooks/*.md found"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_pair_is_in_sync(source):
+    ipynb = source.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} is missing: run `make sync-notebooks`"
+    paired = nbformat.read(ipynb, as_version=4)
+    assert cells(jupytext.read(source)) == cells(paired), (
+        f"{source.name} and {ipynb.name} differ: run `make sync-notebooks`")
+    assert not any(c.get("outputs") for c in paired.cells if c.cell_type == "code"), (
+        f"{ipynb.name} has outputs committed")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_badge_and_install_line_follow_the_repository_setting(source):
+    text = source.read_text()
+    path = URL.removeprefix("https://github.com/")
+    badge = (f"https://colab.research.google.com/github/{path}/blob/{BRANCH}/"
+             f"notebooks/{source.stem}.ipynb")
+    assert badge in text, f"{source.name}: Colab badge should link {badge}"
+    assert re.findall(r"colab\.research\.google\.com/github/\S+?\.ipynb", text) == [badge[8:]]
+    installs = re.findall(r"enf_lib @ git\+(\S+?)[\"']", text)
+    assert installs == [URL], f"{source.name}: install line should use {URL}, found {installs}"
+    assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
+
+
+def test_every_notebook_is_in_the_table_of_contents():
+    toc = (ROOT / "_toc.yml").read_text()
+    files = re.findall(r"file:\s*(\S+)", toc) + re.findall(r"root:\s*(\S+)", toc)
+    for entry in files:
+        assert any((ROOT / f"{entry}{ext}").exists() for ext in (".md", ".ipynb")), entry
+    for source in SOURCES:
+        assert f"notebooks/{source.stem}" in files, f"{source.name} is not in _toc.yml"
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_installs_the_same_packages_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    wanted = {_name(r) for r in project["dependencies"] + extras["book"] + extras["test"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    conda = {_name(d) for d in env if isinstance(d, str)} - {"python", "pip"}
+    assert conda == wanted
+
+
+def test_constraints_pin_every_direct_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pinned = {_name(line) for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if "==" in line}
+    for req in project["dependencies"] + extras["book"] + extras["test"]:
+        assert _name(req) in pinned, f"{req} is not pinned in constraints.txt"
+
+
+def test_jax_has_no_upper_pin():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    jax = [r for r in project["dependencies"] if _name(r) == "jax"]
+    assert jax and "<" not in jax[0], "installing on Colab must never replace Colab's jax"

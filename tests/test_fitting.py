@@ -1,0 +1,146 @@
+"""Fitting and meta-learning: the math of the steps, and that meta-training really learns."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from enf_lib.config import ENFConfig, FitConfig
+from enf_lib.fitting import MetaLearner, check_images, psnr
+from enf_lib.synthetic import shapes_dataset
+from enf_lib.training import meta_train
+
+TINY = ENFConfig(num_latents=9, latent_dim=16, hidden_dim=32, att_dim=16, num_heads=2,
+                 num_freqs=16, freq_query=2.0, freq_value=3.0)
+FIT = FitConfig(batch_size=8, second_order=False, outer_lr=2e-3)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return shapes_dataset(96, size=16, seed=0)
+
+
+def learner(**changes) -> MetaLearner:
+    return MetaLearner(TINY, dataclasses.replace(FIT, **changes), (16, 16))
+
+
+def test_psnr_matches_hand_computation():
+    target = jnp.full((2, 4, 4, 3), 0.6)
+    pred = jnp.stack([jnp.full((4, 4, 3), 0.5), jnp.full((4, 4, 3), 0.4)])
+    # MSE 0.01 -> 20 dB; MSE 0.04 -> 10 log10(25) = 13.98 dB.
+    np.testing.assert_allclose(psnr(pred, target), [20.0, 13.9794], atol=1e-4)
+    # Predictions are clipped to the valid range first: 1.5 counts as 1.0.
+    np.testing.assert_allclose(psnr(jnp.full((1, 2), 1.5), jnp.full((1, 2), 0.9)), [20.0], atol=1e-4)
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(pred, target[:1])
+
+
+def test_inner_loop_improves_each_signal(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    batch = images[:8]
+    scores = lrn.evaluate(state, batch, jax.random.key(1), steps=10)
+    assert np.all(scores["psnr_after"] > scores["psnr_before"])
+
+
+def test_first_and_second_order_gradients_differ(images):
+    targets = jnp.asarray(images[:8].reshape(8, -1, 3))
+    first, second = learner(), learner(second_order=True)
+    state = first.init(jax.random.key(0))
+    g1, loss1 = first.outer_grads(state, targets, jax.random.key(1))
+    g2, loss2 = second.outer_grads(state, targets, jax.random.key(1))
+    assert float(loss1) == pytest.approx(float(loss2), rel=1e-5), "same forward pass"
+    flat1, flat2 = (jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)]) for g in (g1, g2))
+    rel = float(jnp.linalg.norm(flat1 - flat2) / jnp.linalg.norm(flat2))
+    assert rel > 1e-2, f"second-order terms should change the gradient, relative change {rel}"
+
+
+@pytest.mark.parametrize("second_order", [False, True])
+def test_meta_sgd_learns_its_rates_and_keeps_zero_rates_frozen(images, second_order):
+    lrn = learner(meta_sgd=True, second_order=second_order)
+    state = lrn.init(jax.random.key(0))
+    rates0 = jax.tree.map(np.asarray, state.rates)
+    for i in range(3):
+        state, _ = lrn.train_step(state, jnp.asarray(images), jax.random.key(i))
+    assert not np.allclose(state.rates.context, rates0.context)
+    assert not np.allclose(state.rates.pose, rates0.pose)
+    # lr_window = 0: the window is never adapted, whatever its learned rate.
+    z = lrn.fit(state, images[:4], jax.random.key(0))
+    z0 = lrn.init_latents(jax.random.split(jax.random.key(0))[0], 4)
+    np.testing.assert_array_equal(z.window, z0.window)
+
+
+def test_plain_sgd_rates_are_not_trained(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    state, _ = lrn.train_step(state, jnp.asarray(images), jax.random.key(0))
+    np.testing.assert_array_equal(state.rates.context, FIT.lr_context)
+
+
+def test_coordinate_subsampling_runs_and_learns(images):
+    lrn = learner(inner_coords=64, outer_coords=128)
+    state = lrn.init(jax.random.key(0))
+    state, log = meta_train(lrn, state, images, steps=30, key=jax.random.key(0))
+    losses = [v for _, v in log.history["loss"]]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+# Measured 2026-11-26 on 2 CPU cores: 120 first-order steps take ~8 s and raise held-out PSNR
+# (32 unseen shape images, 3 inner steps) from ~10.9 dB to ~17.5 dB. The threshold leaves margin
+# for other seeds and library versions while staying far above the untrained 10.9 dB.
+HELD_OUT_PSNR_AFTER_120_STEPS = 15.0
+
+
+@pytest.mark.slow
+def test_meta_training_raises_held_out_psnr(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    test = shapes_dataset(32, size=16, seed=1)
+    before = lrn.evaluate(state, test, jax.random.key(5))["psnr_after"].mean()
+    state, _ = meta_train(lrn, state, images, steps=120, key=jax.random.key(1))
+    after = lrn.evaluate(state, test, jax.random.key(5))["psnr_after"].mean()
+    assert before < 12.5
+    assert after > HELD_OUT_PSNR_AFTER_120_STEPS, (before, after)
+
+
+def test_bad_images_get_clear_errors():
+    with pytest.raises(ValueError, match=r"\(B, H, W, C\)"):
+        check_images(np.zeros((16, 16, 3)), (16, 16), 3)
+    with pytest.raises(ValueError, match="the learner expects 16x16"):
+        check_images(np.zeros((2, 16, 12, 3)), (16, 16), 3)
+    with pytest.raises(ValueError, match="1 channels, the decoder outputs 3"):
+        check_images(np.zeros((2, 16, 16, 1)), (16, 16), 3)
+    bad = np.zeros((2, 16, 16, 3), np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        check_images(bad, (16, 16), 3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        check_images(np.full((2, 16, 16, 3), 255.0), (16, 16), 3)
+    with pytest.raises(ValueError, match="uint8 or float"):
+        check_images(np.zeros((2, 16, 16, 3), np.int32), (16, 16), 3)
+    scaled = check_images(np.full((1, 16, 16, 3), 255, np.uint8), (16, 16), 3)
+    assert float(scaled.max()) == 1.0
+
+
+def test_meta_train_refuses_too_few_images(images):
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        meta_train(learner(), learner().init(jax.random.key(0)), images[:4], steps=1,
+                   key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("num_latents", 0), ("k_nearest", 17), ("bi_invariant", "rotation"), ("head_depth", -1),
+])
+def test_bad_enf_config_values_raise(field, value):
+    with pytest.raises(ValueError, match=f"invalid config: {field}"):
+        dataclasses.replace(ENFConfig(), **{field: value})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("inner_steps", 0), ("lr_context", -1.0), ("meta_sgd_clip", (1.0, 0.5)), ("batch_size", 0),
+])
+def test_bad_fit_config_values_raise(field, value):
+    with pytest.raises(ValueError, match=f"invalid config: {field}"):
+        dataclasses.replace(FitConfig(), **{field: value})
