@@ -51,8 +51,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--orders", default="first,second")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).parent / "results" / "psnr_budget-cpu.json")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default benchmarks/results/psnr_budget-<platform>.json)")
     args = parser.parse_args(argv)
     train = jnp.asarray(load_cifar10("train")[0], jnp.float32) / 255
     test = load_cifar10("test", limit=256)[0]
@@ -62,9 +62,11 @@ def main(argv: list[str]) -> None:
             parser.error(f"unknown order {order!r}; choose first, second")
         rows.append(run(order == "second", args.seconds, train, test))
         print(json.dumps(rows[-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out or (Path(__file__).parent / "results"
+                       / f"psnr_budget-{jax.devices()[0].platform}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     record = provenance(benchmark="psnr_budget", argv=sys.argv, budget_s=args.seconds)
-    args.out.write_text(json.dumps({"provenance": record, "rows": rows}, indent=2) + "\n")
+    out.write_text(json.dumps({"provenance": record, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -101,10 +101,11 @@ class MetaLearner:
         """Fresh decoder parameters from ``key`` and inner rates from the config."""
         _, params = nnx.split(EquivariantNeuralField(self.enf, rngs=nnx.Rngs(key)))
         e, f = self.enf, self.cfg
+        # Explicit float32: weakly typed arrays would make the first jitted step compile twice.
         rates = Latents(
-            pose=jnp.full((e.num_latents, self.bi_invariant.pose_dim), f.lr_pose),
-            context=jnp.full((e.num_latents, e.latent_dim), f.lr_context),
-            window=jnp.full((e.num_latents, 1), f.lr_window),
+            pose=jnp.full((e.num_latents, self.bi_invariant.pose_dim), f.lr_pose, jnp.float32),
+            context=jnp.full((e.num_latents, e.latent_dim), f.lr_context, jnp.float32),
+            window=jnp.full((e.num_latents, 1), f.lr_window, jnp.float32),
         )
         trainable = self._trainable(params, rates)
         return MetaState(params, rates, self.optimizer.init(trainable), jnp.zeros((), jnp.int32))

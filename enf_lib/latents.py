@@ -92,8 +92,8 @@ def init_latents(
         raise ValueError(f"unsupported pose_dim {bi_invariant.pose_dim}")
     return Latents(
         pose=pose,
-        context=jnp.full((num_latents, latent_dim), 1.0 / latent_dim),
-        window=jnp.full((num_latents, 1), 2.0 / math.sqrt(num_latents)),
+        context=jnp.full((num_latents, latent_dim), 1.0 / latent_dim, jnp.float32),
+        window=jnp.full((num_latents, 1), 2.0 / math.sqrt(num_latents), jnp.float32),
     )
 
 

@@ -144,3 +144,15 @@ def test_bad_enf_config_values_raise(field, value):
 def test_bad_fit_config_values_raise(field, value):
     with pytest.raises(ValueError, match=f"invalid config: {field}"):
         dataclasses.replace(FitConfig(), **{field: value})
+
+
+def test_fresh_and_trained_states_share_one_compilation(images):
+    """No weak types in fresh latents or rates: a second step must not recompile."""
+    lrn = learner(meta_sgd=True)
+    state = lrn.init(jax.random.key(0))
+    data = jnp.asarray(images)
+    state, _ = lrn.train_step(state, data, jax.random.key(0))
+    state, _ = lrn.train_step(state, data, jax.random.key(1))
+    assert lrn.train_step._cache_size() == 1
+    z = lrn.init_latents(jax.random.key(0), 2)
+    assert not any(x.weak_type for x in jax.tree.leaves(z))
