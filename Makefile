@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export WANDB_MODE ?= disabled
 
-.PHONY: book test env sync-notebooks clean
+.PHONY: book test env sync-notebooks student clean
 
 env: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: env
 # Rewrite each .ipynb from its MyST text twin (the source), without outputs.
 sync-notebooks: env
 	$(BIN)/jupytext --sync notebooks/*.md
+
+# Student versions of the notebooks (solutions removed) in student/.
+student: env
+	$(BIN)/python tools/make_student_versions.py student
 
 clean:
 	rm -rf _build
