@@ -113,6 +113,10 @@ class MetaLearner:
     def _trainable(self, params: Any, rates: Latents) -> dict[str, Any]:
         return {"params": params, "rates": rates} if self.cfg.meta_sgd else {"params": params}
 
+    def decoder(self, state: MetaState) -> EquivariantNeuralField:
+        """The decoder module with the parameters of ``state`` (e.g. to call ``attend``)."""
+        return nnx.merge(nnx.split(self.model)[0], state.params)
+
     def init_latents(self, key: Array, batch_size: int) -> Latents:
         """Grid-initialised latents for ``batch_size`` signals (leading axis ``B``)."""
         e = self.enf

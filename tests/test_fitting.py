@@ -156,3 +156,11 @@ def test_fresh_and_trained_states_share_one_compilation(images):
     assert lrn.train_step._cache_size() == 1
     z = lrn.init_latents(jax.random.key(0), 2)
     assert not any(x.weak_type for x in jax.tree.leaves(z))
+
+
+def test_decoder_module_carries_the_trained_parameters(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(4))
+    z = lrn.init_latents(jax.random.key(0), 2)
+    np.testing.assert_allclose(lrn.decoder(state)(lrn.coords, z),
+                               lrn.apply(state.params, lrn.coords, z), atol=1e-6)
