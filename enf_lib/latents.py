@@ -6,6 +6,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from enf_lib.geometry import BiInvariant
@@ -111,3 +112,40 @@ def init_latents_batch(
     return jax.vmap(
         lambda k: init_latents(k, num_latents, latent_dim, bi_invariant, noise=noise)
     )(keys)
+
+
+def latents_to_arrays(z: Latents, prefix: str = "") -> dict[str, np.ndarray]:
+    """``{prefix + "pose": ..., prefix + "context": ..., prefix + "window": ...}`` as NumPy
+    arrays (to save with ``np.savez``)."""
+    return {f"{prefix}{name}": np.asarray(getattr(z, name)) for name in ("pose", "context", "window")}
+
+
+def latents_from_arrays(arrays: dict[str, np.ndarray], prefix: str = "") -> Latents:
+    """The inverse of :func:`latents_to_arrays`."""
+    return Latents(*(np.asarray(arrays[f"{prefix}{name}"]) for name in ("pose", "context", "window")))
+
+
+@struct.dataclass
+class ContextStats:
+    """Per-channel mean and standard deviation ``(latent_dim,)`` of the contexts of a data set.
+
+    Downstream models see normalised contexts; compute the statistics on the training latents
+    only and apply them to every split.
+    """
+
+    mean: Array
+    std: Array
+
+    @classmethod
+    def from_latents(cls, z: Latents, eps: float = 1e-6) -> "ContextStats":
+        """Statistics over every signal and latent of ``z`` (context ``(..., L, D)``)."""
+        c = np.asarray(z.context).reshape(-1, z.context.shape[-1])
+        if not np.all(np.isfinite(c)):
+            raise ValueError("latent contexts contain NaN or infinite values")
+        return cls(mean=jnp.asarray(c.mean(0)), std=jnp.asarray(c.std(0) + eps))
+
+    def normalize(self, z: Latents) -> Latents:
+        return z.replace(context=(z.context - self.mean) / self.std)
+
+    def denormalize(self, z: Latents) -> Latents:
+        return z.replace(context=z.context * self.std + self.mean)

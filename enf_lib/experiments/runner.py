@@ -1,0 +1,218 @@
+"""What every experiment shares: configs with command-line overrides, an output folder with
+cached stages, per-stage wall times, figures, and ``metrics.json`` with provenance.
+
+An experiment is a module with a frozen dataclass config, a ``PROFILES`` dict of configs
+(``quick``, ``standard``, ``full``) and ``run(config, run) -> metrics``; its stages cache their
+results in the run folder, keyed by a digest of everything they depend on, so rerunning the
+command skips finished stages (and resumes an interrupted meta-training) while a changed setting
+recomputes only the stages it affects.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from enf_lib.provenance import provenance
+
+C = TypeVar("C")
+
+
+# ------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, tuples and NumPy scalars as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-able ``parts`` (dataclasses included)."""
+    text = json.dumps(to_jsonable(parts), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text                       # a bare word: a string such as se2
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if current is not None and value is not None and not isinstance(value, type(current)):
+        if not (isinstance(current, (int, float)) and isinstance(value, (int, float))
+                and not isinstance(value, bool)):
+            raise ValueError(f"expected a {type(current).__name__}, got {text!r}")
+    return value
+
+
+def override(config: C, assignments: Sequence[str]) -> C:
+    """``config`` with ``"section.field=value"`` (or ``"field=value"``) assignments applied.
+
+    Values are Python literals (``3``, ``1e-3``, ``None``, ``(1, 2)``, ``True``) or bare words
+    (strings). The changed dataclass is validated again, so a bad value raises ``ValueError``.
+    """
+    for assignment in assignments:
+        path, sep, text = assignment.partition("=")
+        if not sep or not path:
+            raise ValueError(f"override {assignment!r} is not of the form field=value")
+        config = _replace_path(config, path.strip().split("."), text.strip(), assignment)
+    return config
+
+
+def _replace_path(obj: Any, path: list[str], text: str, assignment: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = path[0]
+    if head not in names:
+        raise ValueError(f"override {assignment!r}: {type(obj).__name__} has no field {head!r}; "
+                         f"fields: {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"override {assignment!r}: {head!r} is not a section")
+        return dataclasses.replace(obj, **{head: _replace_path(current, path[1:], text, assignment)})
+    if dataclasses.is_dataclass(current):
+        raise ValueError(f"override {assignment!r}: {head!r} is a section; set one of its fields")
+    try:
+        value = _parse_value(text, current)
+    except ValueError as err:
+        raise ValueError(f"override {assignment!r}: {err}") from None
+    return dataclasses.replace(obj, **{head: value})
+
+
+# ------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------
+
+
+class Run:
+    """One run of an experiment in the folder ``out``.
+
+    ``out/`` holds ``config.json`` (the config of the latest run), one folder per cached stage
+    (``<stage>-<digest>/``), ``figures/*.png`` and, at the end, ``metrics.json``.
+
+    Args:
+      out: the run folder (created).
+      experiment: the experiment's name, e.g. ``"cifar10-classification"``.
+      profile: the profile the config came from (``quick``, ``standard``, ``full`` or ``custom``).
+      config: the experiment config (a dataclass).
+      verbose: print a line when each stage starts and ends.
+    """
+
+    def __init__(self, out: str | os.PathLike, experiment: str, profile: str, config: Any, *,
+                 verbose: bool = True):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.experiment, self.profile, self.config = experiment, profile, config
+        self.verbose = verbose
+        self.stages: dict[str, dict[str, Any]] = {}
+        self._t0 = time.perf_counter()
+        (self.out / "config.json").write_text(json.dumps(
+            {"experiment": experiment, "profile": profile, "config": to_jsonable(config)},
+            indent=2))
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
+
+    def stage_dir(self, name: str, *deps: Any) -> Path:
+        """The folder of stage ``name`` for dependencies ``deps`` (created, with ``deps.json``)."""
+        path = self.out / f"{name}-{digest(*deps)}"
+        path.mkdir(parents=True, exist_ok=True)
+        deps_file = path / "deps.json"
+        if not deps_file.exists():
+            deps_file.write_text(json.dumps(to_jsonable(deps), indent=2))
+        return path
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage: ``with run.stage("fit_latents") as record: ...``.
+
+        The record gets ``wall_time_s`` (this run). A stage that reused earlier results sets
+        ``record["reused"] = True`` and ``record["compute_time_s"]`` to the time it took when it
+        was computed; :meth:`metrics` reports that time for it.
+        """
+        record: dict[str, Any] = {"reused": False}
+        self.log(f"[{self.experiment}] {name} ...")
+        t0 = time.perf_counter()
+        yield record
+        record["wall_time_s"] = round(time.perf_counter() - t0, 3)
+        record.setdefault("compute_time_s", record["wall_time_s"])
+        self.stages[name] = record
+        how = "reused" if record["reused"] else "done"
+        self.log(f"[{self.experiment}] {name} {how} in {record['wall_time_s']:.1f} s")
+
+    def cached(self, name: str, deps: Sequence[Any],
+               compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """A stage whose result is a dict of arrays, saved as ``<stage dir>/arrays.npz``.
+
+        Loaded when present (the stage is then marked reused), else computed and saved.
+        """
+        with self.stage(name) as record:
+            folder = self.stage_dir(name, *deps)
+            path, timing = folder / "arrays.npz", folder / "timing.json"
+            if path.exists() and timing.exists():
+                with np.load(path) as f:
+                    arrays = {k: f[k] for k in f.files}
+                record.update(reused=True,
+                              compute_time_s=json.loads(timing.read_text())["compute_time_s"])
+                return arrays
+            t0 = time.perf_counter()
+            arrays = compute()
+            tmp = folder / "arrays.tmp.npz"
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+            timing.write_text(json.dumps({"compute_time_s": round(time.perf_counter() - t0, 3)}))
+            return arrays
+
+    def save_figure(self, fig: Any, name: str) -> Path:
+        """Save a matplotlib figure as ``figures/<name>.png``."""
+        folder = self.out / "figures"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        return path
+
+    def write_metrics(self, results: dict[str, Any]) -> dict[str, Any]:
+        """Write ``metrics.json``: the results, per-stage wall times and provenance."""
+        metrics = {
+            "experiment": self.experiment,
+            "profile": self.profile,
+            **to_jsonable(results),
+            "wall_time_s": {name: r["compute_time_s"] for name, r in self.stages.items()},
+            "stages": self.stages,
+            "run_wall_time_s": round(time.perf_counter() - self._t0, 3),
+            "provenance": provenance(config=to_jsonable(self.config)),
+        }
+        tmp = self.out / "metrics.tmp.json"
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, self.out / "metrics.json")
+        return metrics
+
+
+def load_metrics(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``folder/metrics.json`` as a dict, or ``None`` when the folder has none."""
+    path = Path(folder) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None

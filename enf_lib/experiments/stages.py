@@ -1,0 +1,60 @@
+"""The two ENF stages every experiment starts with: meta-train the decoder, fit latents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from enf_lib.experiments.runner import Run
+from enf_lib.fitting import MetaLearner, MetaState
+from enf_lib.latents import Latents, latents_from_arrays, latents_to_arrays
+from enf_lib.tracking import MetricLogger
+from enf_lib.training import meta_train
+
+
+def meta_train_stage(run: Run, learner: MetaLearner, images: np.ndarray, *, steps: int,
+                     seed: int, data_id: Any, name: str = "meta_train",
+                     checkpoint_every: int = 500) -> tuple[MetaState, MetricLogger]:
+    """Meta-train ``learner`` on ``images`` for ``steps`` outer steps, checkpointed in the run.
+
+    The checkpoint folder is keyed by the decoder and fitting configs, ``data_id`` (what
+    identifies the training images, e.g. ``("cifar10", "train", 512)``) and ``seed``; a rerun
+    resumes it, or reuses it when it already reached ``steps``.
+    """
+    with run.stage(name) as record:
+        folder = run.stage_dir(name, learner.enf, learner.cfg, data_id, seed)
+        history = folder / "history.json"
+        done_before = 0
+        if history.exists():
+            losses = json.loads(history.read_text()).get("loss", [])
+            done_before = losses[-1][0] if losses else 0
+        key = jax.random.key(seed)
+        state, log = meta_train(learner, learner.init(key), images, steps=steps,
+                                key=jax.random.fold_in(key, 1), checkpoint_dir=folder,
+                                checkpoint_every=checkpoint_every,
+                                desc=f"{name} ({run.experiment})")
+        if done_before >= steps:
+            record["reused"] = True
+        record["compute_time_s"] = round(sum(v for _, v in log.history.get("wall_time_s", [])), 3)
+    return state, log
+
+
+def fit_latents_stage(run: Run, name: str, learner: MetaLearner, state: MetaState,
+                      images: np.ndarray, *, deps: Sequence[Any], seed: int,
+                      batch_size: int = 256) -> tuple[Latents, np.ndarray]:
+    """Latents ``(M, ...)`` and per-image PSNR ``(M,)`` for ``images`` with the frozen decoder.
+
+    Cached in the run under ``name``, keyed by ``deps`` (they must identify the decoder, e.g.
+    its configs, training data, seed and steps, and the images) and ``seed``.
+    """
+    def compute() -> dict[str, np.ndarray]:
+        z, scores = learner.fit_dataset(state, images, jax.random.key(seed),
+                                        batch_size=batch_size, desc=f"{name} ({run.experiment})")
+        return {**latents_to_arrays(z), "psnr": scores}
+
+    arrays = run.cached(name, (*deps, seed), compute)
+    return latents_from_arrays(arrays), arrays["psnr"]

@@ -1,0 +1,133 @@
+"""The experiment runner: overrides, cached stages, metrics with provenance, the training loop."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from enf_lib.config import ENFConfig, FitConfig
+from enf_lib.experiments import EXPERIMENTS, make_config
+from enf_lib.experiments.__main__ import main
+from enf_lib.experiments.runner import Run, digest, load_metrics, override
+from enf_lib.latents import ContextStats, Latents, latents_from_arrays, latents_to_arrays
+from enf_lib.training import epoch_batch, train_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy:
+    enf: ENFConfig = ENFConfig()
+    fit: FitConfig = FitConfig()
+    steps: int = 10
+    lr: float = 1e-3
+    name: str = "a"
+    sizes: tuple[int, int] = (1, 2)
+    limit: int | None = None
+
+
+def test_override_parses_types_and_validates():
+    cfg = override(Toy(), ["enf.num_latents=25", "fit.second_order=False", "steps=3", "lr=1",
+                           "name=b", "sizes=(3, 4)", "enf.k_nearest=None", "limit=7",
+                           "enf.bi_invariant=se2"])
+    assert cfg.enf.num_latents == 25 and cfg.fit.second_order is False and cfg.steps == 3
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.name == "b"
+    assert cfg.sizes == (3, 4) and cfg.enf.k_nearest is None and cfg.limit == 7
+    assert cfg.enf.bi_invariant == "se2"
+    with pytest.raises(ValueError, match="has no field 'nope'; fields: enf, fit"):
+        override(Toy(), ["nope=1"])
+    with pytest.raises(ValueError, match="not of the form"):
+        override(Toy(), ["steps"])
+    with pytest.raises(ValueError, match="expected a int"):
+        override(Toy(), ["steps=many"])
+    with pytest.raises(ValueError, match="is a section"):
+        override(Toy(), ["enf=3"])
+    with pytest.raises(ValueError, match="num_latents"):
+        override(Toy(), ["enf.num_latents=0"])          # the dataclass validates itself
+
+
+def test_cached_stage_computes_once_and_metrics_have_provenance(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": np.arange(3)}
+
+    run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+    first = run.cached("stage", ("a", 1), compute)
+    run2 = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+    again = run2.cached("stage", ("a", 1), compute)
+    other = run2.cached("stage", ("a", 2), compute)
+    assert len(calls) == 2 and np.array_equal(first["x"], again["x"])
+    assert run2.stages["stage"]["reused"] is False        # the last call computed
+    metrics = run2.write_metrics({"score": np.float32(0.5)})
+    saved = load_metrics(tmp_path)
+    assert saved == json.loads(json.dumps(metrics))
+    assert saved["score"] == 0.5 and saved["provenance"]["config"]["enf"]["num_latents"] == 16
+    assert {"code_version", "versions", "device", "date"} <= set(saved["provenance"])
+    assert digest(Toy()) == digest(Toy()) != digest(Toy(steps=11))
+
+
+def test_cli_lists_tasks_and_rejects_bad_overrides(capsys):
+    assert set(EXPERIMENTS) == {"cifar10-classification", "ombria-segmentation",
+                                "cifar10-diffusion"}
+    with pytest.raises(SystemExit):
+        main(["no-such-task", "--out", "x"])
+    with pytest.raises(ValueError, match="unknown experiment"):
+        make_config("no-such-task", "quick")
+
+
+def test_latent_arrays_round_trip_and_context_stats():
+    z = Latents(pose=np.random.rand(5, 4, 2), context=np.random.rand(5, 4, 3) * 4 + 2,
+                window=np.ones((5, 4, 1)))
+    back = latents_from_arrays(latents_to_arrays(z, "train_"), "train_")
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(z), jax.tree.leaves(back)))
+    stats = ContextStats.from_latents(z)
+    normed = stats.normalize(z).context.reshape(-1, 3)
+    np.testing.assert_allclose(normed.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(normed.std(0), 1, atol=1e-4)
+    np.testing.assert_allclose(stats.denormalize(stats.normalize(z)).context, z.context, rtol=1e-5)
+    with pytest.raises(ValueError, match="NaN"):
+        ContextStats.from_latents(z.replace(context=np.full((5, 4, 3), np.nan)))
+
+
+def test_epoch_batches_cover_every_item_once_per_epoch():
+    key = jax.random.key(0)
+    seen = np.concatenate([np.asarray(epoch_batch(key, jnp.int32(s), 10, 3)) for s in range(3)])
+    assert sorted(seen.tolist()) == sorted(set(seen.tolist())) and len(seen) == 9
+
+
+class Linear(nnx.Module):
+    def __init__(self, rngs):
+        self.lin = nnx.Linear(2, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.lin(x)[..., 0]
+
+
+def test_train_model_fits_a_line_with_ema_and_resumes(tmp_path):
+    x = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    y = x @ np.array([2.0, -1.0], np.float32) + 0.5
+
+    def loss_fn(model, batch, key):
+        err = jnp.mean((model(batch["x"]) - batch["y"]) ** 2)
+        return err, {"rmse": jnp.sqrt(err)}
+
+    kwargs = dict(steps=300, batch_size=16, optimizer=optax.adam(0.05), key=jax.random.key(1))
+    model, log = train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, **kwargs)
+    np.testing.assert_allclose(model(x), y, atol=1e-2)
+    assert log.history["rmse"][-1][1] < 1e-2
+    ema, _ = train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, ema_decay=0.9, **kwargs)
+    np.testing.assert_allclose(ema(x), y, atol=5e-2)
+    # Interrupted at 100 steps and resumed: the same parameters as one uninterrupted run.
+    ckpt = tmp_path / "ckpt"
+    train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, **{**kwargs, "steps": 100},
+                checkpoint_dir=ckpt, checkpoint_every=50)
+    resumed, _ = train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, **kwargs,
+                             checkpoint_dir=ckpt)
+    np.testing.assert_allclose(resumed.lin.kernel[...], model.lin.kernel[...], rtol=1e-5)
+    with pytest.raises(ValueError, match="differ in length"):
+        train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y[:5]}, **kwargs)
