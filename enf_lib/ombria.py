@@ -212,7 +212,8 @@ def _read_png(path: pathlib.Path, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.size != (TILE_SIZE, TILE_SIZE):
-                raise CorruptDataError(f"{path} is {image.size[0]}x{image.size[1]} pixels; "
+                raise CorruptDataError(f"{path} is {image.size[0]}x{image.size[1]} pixels "
+                                       "(width x height); "
                                        f"OMBRIA tiles are {TILE_SIZE}x{TILE_SIZE}")
             if image.mode != mode:
                 raise CorruptDataError(f"{path} has PIL mode {image.mode!r}, expected {mode!r}")

@@ -1,0 +1,457 @@
+"""Flood segmentation on OMBRIA from the latents of an Equivariant Neural Field.
+
+Two ENFs share one latent point cloud per tile:
+
+1. ``meta_train``: a reconstruction ENF (8 outputs: S1 and S2, before and after the flood) is
+   meta-learned on the training tiles.
+2. ``fit_latents_train`` / ``fit_latents_test``: latents are fitted to every tile with that
+   decoder frozen; ``reconstruct_test`` measures the test PSNR per channel group.
+3. ``train_mask_decoder``: a second ENF with one output (the flood logit) is trained directly
+   (no inner loop) to decode the flood mask from the *frozen* latents (contexts normalised with
+   training statistics), with a logistic loss plus a soft Dice loss on random pixel subsets.
+4. ``predict_test``: masks of the test tiles, decoded in chunks, scored over the whole split
+   beside the trivial "no flood" prediction.
+
+``python -m enf_lib.experiments ombria-segmentation --profile quick --out runs/seg`` runs them
+all; the notebook ``08_ombria_segmentation`` calls the same functions one by one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+import optax
+from flax import nnx
+from matplotlib.figure import Figure
+
+from enf_lib.config import ENFConfig, FitConfig
+from enf_lib.coordinates import coordinate_grid
+from enf_lib.experiments.runner import Run, digest
+from enf_lib.experiments.stages import fit_latents_stage, meta_train_stage
+from enf_lib.fitting import MetaLearner, MetaState
+from enf_lib.latents import ContextStats, Latents
+from enf_lib.model import EquivariantNeuralField, functional
+from enf_lib.ombria import CHANNEL_GROUPS, TILE_SIZE, load_ombria
+from enf_lib.plotting import plot_latents
+from enf_lib.segmentation import (
+    decode_dataset,
+    evaluate_masks,
+    mask_loss_fn,
+    predict_masks,
+    threshold,
+)
+from enf_lib.tracking import MetricLogger
+from enf_lib.training import train_model
+
+NAME = "ombria-segmentation"
+
+
+@dataclasses.dataclass(frozen=True)
+class SegConfig:
+    """The mask decoder: an ENF with one output, and how it is trained.
+
+    Its latent shape (number, dimension, bi-invariant) is that of the reconstruction ENF;
+    the fields here set the rest of its architecture and its supervised training.
+
+    Attributes:
+      hidden_dim, att_dim, num_heads, k_nearest, freq_query, freq_value, num_freqs,
+        head_depth: as in :class:`~enf_lib.config.ENFConfig`.
+      steps, batch_size, lr: Adam steps, tiles per step, learning rate.
+      coords_per_step: random pixels scored per step (``None`` = all).
+      dice_weight: weight of the soft Dice loss added to the cross-entropy (0 = off).
+      ema_decay: keep an exponential moving average of the weights (``None`` = off).
+    """
+
+    hidden_dim: int = 128
+    att_dim: int = 128
+    num_heads: int = 3
+    k_nearest: int | None = 4
+    freq_query: float = 3.0
+    freq_value: float = 5.0
+    num_freqs: int = 64
+    head_depth: int = 1
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 5e-4
+    coords_per_step: int | None = 1024
+    dice_weight: float = 0.5
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"invalid config: seg.{name}={getattr(self, name)!r} (>= 1)")
+        if self.lr <= 0 or self.dice_weight < 0:
+            raise ValueError(f"invalid config: seg.lr={self.lr!r} must be > 0 and "
+                             f"seg.dice_weight={self.dice_weight!r} >= 0")
+        if self.coords_per_step is not None and self.coords_per_step < 1:
+            raise ValueError(f"invalid config: seg.coords_per_step={self.coords_per_step!r} "
+                             "(None or >= 1)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"invalid config: seg.ema_decay={self.ema_decay!r} (in (0, 1))")
+
+    def enf(self, recon: ENFConfig) -> ENFConfig:
+        """The mask decoder's :class:`ENFConfig`: latent shape from ``recon``, one output."""
+        return dataclasses.replace(
+            recon, num_out=1, hidden_dim=self.hidden_dim, att_dim=self.att_dim,
+            num_heads=self.num_heads, k_nearest=self.k_nearest, freq_query=self.freq_query,
+            freq_value=self.freq_value, num_freqs=self.num_freqs, head_depth=self.head_depth)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The OMBRIA segmentation experiment.
+
+    Attributes:
+      size: tile side after downscaling (a divisor of 256; 256 = full resolution).
+      num_train: training tiles (the first by id; ``None`` = every one available).
+      enf, fit: the reconstruction ENF (8 outputs) and its meta-learning.
+      meta_steps: outer steps of meta-learning.
+      seg: the mask decoder and its training.
+      fit_batch_size: tiles per chunk when fitting latents.
+      decode_batch_size, decode_chunk: tiles and pixels per step when decoding test tiles.
+      threshold: flood probability at which a pixel counts as flooded.
+      num_show: test tiles shown in the figures.
+      seed: seeds everything.
+    """
+
+    size: int = 64
+    num_train: int | None = None
+    enf: ENFConfig = ENFConfig(num_out=8)
+    fit: FitConfig = FitConfig()
+    meta_steps: int = 1000
+    seg: SegConfig = SegConfig()
+    fit_batch_size: int = 64
+    decode_batch_size: int = 16
+    decode_chunk: int = 4096
+    threshold: float = 0.5
+    num_show: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or TILE_SIZE % self.size:
+            raise ValueError(f"invalid config: size={self.size!r} (a divisor of {TILE_SIZE})")
+        if self.enf.num_out != 8:
+            raise ValueError(f"invalid config: enf.num_out={self.enf.num_out!r} (the 8 OMBRIA "
+                             "channels)")
+        if self.num_train is not None and self.num_train < self.fit.batch_size:
+            raise ValueError(f"invalid config: num_train={self.num_train!r} is below "
+                             f"fit.batch_size={self.fit.batch_size}")
+        for name in ("meta_steps", "fit_batch_size", "decode_batch_size", "decode_chunk",
+                     "num_show"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"invalid config: {name}={getattr(self, name)!r} (>= 1)")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"invalid config: threshold={self.threshold!r} (in (0, 1))")
+
+
+_QUICK_ENF = ENFConfig(num_out=8, num_latents=64, latent_dim=32, hidden_dim=64, att_dim=32,
+                       num_heads=2, num_freqs=32, freq_query=3.0, freq_value=5.0)
+_REF_ENF = ENFConfig(num_out=8, num_latents=256, latent_dim=256, hidden_dim=256, att_dim=256,
+                     num_heads=3, freq_query=15.0, freq_value=30.0)
+_REF_FIT = FitConfig(inner_steps=3, lr_pose=0.0, lr_context=60.0, lr_window=0.0,
+                     second_order=False, batch_size=8, outer_lr=5e-4)
+
+PROFILES: dict[str, Config] = {
+    # 2 CPU cores, a few minutes: 32x32 tiles, a small decoder, first-order meta-learning.
+    "quick": Config(
+        size=32, num_train=200, enf=_QUICK_ENF,
+        fit=dataclasses.replace(_REF_FIT, lr_context=30.0, outer_lr=1e-3,
+                                inner_coords=256, outer_coords=512),
+        meta_steps=300,
+        seg=SegConfig(hidden_dim=64, att_dim=32, num_heads=2, num_freqs=32, steps=600,
+                      batch_size=16, lr=1e-3, coords_per_step=512),
+        fit_batch_size=64, decode_batch_size=70, decode_chunk=1024),
+    # One GPU, minutes: 128x128 tiles, the reference architecture, pixel subsampling.
+    "standard": Config(
+        size=128, enf=_REF_ENF,
+        fit=dataclasses.replace(_REF_FIT, inner_coords=4096, outer_coords=4096),
+        meta_steps=3000,
+        seg=SegConfig(steps=3000, coords_per_step=4096),
+        fit_batch_size=8, decode_batch_size=8, decode_chunk=4096),
+    # Paper scale: full 256x256 tiles, 256 latents x 256, subsampled pixels to fit 80 GB.
+    "full": Config(
+        size=256, enf=_REF_ENF,
+        fit=dataclasses.replace(_REF_FIT, inner_coords=8192, outer_coords=8192),
+        meta_steps=30_000,
+        seg=SegConfig(steps=20_000, coords_per_step=8192),
+        fit_batch_size=8, decode_batch_size=8, decode_chunk=8192),
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Stages
+# ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Data:
+    """The tiles of both splits: inputs uint8 ``(N, S, S, 8)``, masks bool ``(N, S, S)``."""
+
+    train_inputs: np.ndarray
+    train_masks: np.ndarray
+    train_ids: np.ndarray
+    test_inputs: np.ndarray
+    test_masks: np.ndarray
+    test_ids: np.ndarray
+
+    def data_id(self, split: str) -> tuple[Any, ...]:
+        """What identifies one split's tiles in the stage caches."""
+        ids = getattr(self, f"{split}_ids")
+        inputs = getattr(self, f"{split}_inputs")
+        return ("ombria", split, inputs.shape[1], len(ids), digest(ids.tolist()))
+
+
+def load_data(config: Config) -> Data:
+    """The training tiles (``config.num_train`` first by id) and every test tile."""
+    train = load_ombria("train", size=config.size, limit=config.num_train)
+    test = load_ombria("test", size=config.size)
+    return Data(*train, *test)
+
+
+def recon_deps(config: Config, data: Data) -> tuple[Any, ...]:
+    """What the reconstruction decoder depends on (keys every later stage's cache)."""
+    return (config.enf, config.fit, data.data_id("train"), config.seed, config.meta_steps)
+
+
+def train_reconstruction(run: Run, config: Config, data: Data
+                         ) -> tuple[MetaLearner, MetaState, MetricLogger]:
+    """Stage 1: meta-learn the 8-channel reconstruction ENF on the training tiles."""
+    learner = MetaLearner(config.enf, config.fit, (config.size, config.size))
+    state, log = meta_train_stage(run, learner, data.train_inputs, steps=config.meta_steps,
+                                  seed=config.seed, data_id=data.data_id("train"))
+    return learner, state, log
+
+
+def fit_latents(run: Run, config: Config, data: Data, learner: MetaLearner, state: MetaState
+                ) -> dict[str, tuple[Latents, np.ndarray]]:
+    """Stage 2: latents and per-tile PSNR of both splits, the decoder frozen."""
+    out = {}
+    for split in ("train", "test"):
+        out[split] = fit_latents_stage(
+            run, f"fit_latents_{split}", learner, state, getattr(data, f"{split}_inputs"),
+            deps=(*recon_deps(config, data), data.data_id(split)), seed=config.seed + 1,
+            batch_size=config.fit_batch_size)
+    return out
+
+
+def group_psnr(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-tile PSNR ``(N,)`` of each channel group of :data:`CHANNEL_GROUPS`.
+
+    ``pred`` float ``(N, H, W, 8)`` (clipped to ``[0, 1]``), ``target`` uint8 or float in
+    ``[0, 1]``.
+    """
+    target = target / 255.0 if target.dtype == np.uint8 else target
+    out = {}
+    for name, sl in CHANNEL_GROUPS.items():
+        err = np.square(np.clip(pred[..., sl], 0, 1) - target[..., sl])
+        mse = err.reshape(len(err), -1).mean(1)
+        out[name] = 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+    return out
+
+
+def reconstruct_test(run: Run, config: Config, data: Data, learner: MetaLearner,
+                     state: MetaState, z_test: Latents) -> dict[str, np.ndarray]:
+    """Decode the test latents: per-tile PSNR per channel group (``psnr_<group>``) and the
+    reconstructions of the first ``num_show`` tiles (``shown``)."""
+    def compute() -> dict[str, np.ndarray]:
+        recon = decode_dataset(learner.apply, state.params, z_test,
+                               coordinate_grid(config.size, config.size),
+                               batch_size=config.decode_batch_size, chunk=config.decode_chunk,
+                               desc=f"reconstructing test ({NAME})")
+        recon = recon.reshape(-1, config.size, config.size, 8)
+        scores = group_psnr(recon, data.test_inputs)
+        return {**{f"psnr_{k}": v for k, v in scores.items()},
+                "shown": np.clip(recon[:config.num_show], 0, 1)}
+
+    deps = (*recon_deps(config, data), data.data_id("test"), config.seed + 1)
+    return run.cached("reconstruct_test", deps, compute)
+
+
+def mask_decoder(config: Config) -> EquivariantNeuralField:
+    """A freshly initialised mask decoder."""
+    return EquivariantNeuralField(config.seg.enf(config.enf), rngs=nnx.Rngs(config.seed + 2))
+
+
+def train_mask_decoder(run: Run, config: Config, data: Data, z_train: Latents
+                       ) -> tuple[EquivariantNeuralField, ContextStats, MetricLogger]:
+    """Stage 3: train the mask decoder on the frozen training latents (checkpointed).
+
+    Returns the trained decoder, the context statistics it expects its inputs normalised with,
+    and its training history.
+    """
+    stats = ContextStats.from_latents(z_train)
+    z = stats.normalize(z_train)
+    seg = config.seg
+    arrays = {"pose": np.asarray(z.pose), "context": np.asarray(z.context),
+              "window": np.asarray(z.window),
+              "mask": data.train_masks.reshape(len(data.train_masks), -1).astype(np.float32)}
+    loss_fn = mask_loss_fn(coordinate_grid(config.size, config.size), seg.coords_per_step,
+                           seg.dice_weight)
+    deps = (*recon_deps(config, data), config.seed + 1, seg, config.seed + 2)
+    with run.stage("train_mask_decoder") as record:
+        folder = run.stage_dir("train_mask_decoder", *deps)
+        done_before = (folder / "history.json").exists() and _last_step(folder) >= seg.steps
+        model, log = train_model(
+            mask_decoder(config), loss_fn, arrays, steps=seg.steps,
+            batch_size=min(seg.batch_size, len(data.train_masks)),
+            optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adam(seg.lr)),
+            key=jax.random.key(config.seed + 3), ema_decay=seg.ema_decay,
+            checkpoint_dir=folder, config={"deps": digest(*deps)},
+            desc=f"train_mask_decoder ({NAME})")
+        record["reused"] = bool(done_before)
+        record["compute_time_s"] = round(sum(v for _, v in log.history.get("wall_time_s", [])),
+                                         3)
+    return model, stats, log
+
+
+def _last_step(folder: pathlib.Path) -> int:
+    """The last step logged in ``folder/history.json`` (0 when none)."""
+    losses = json.loads((folder / "history.json").read_text()).get("loss", [])
+    return int(losses[-1][0]) if losses else 0
+
+
+def predict_test(run: Run, config: Config, data: Data, model: EquivariantNeuralField,
+                 stats: ContextStats, z_test: Latents) -> np.ndarray:
+    """Stage 4: flood probabilities ``(N, S, S)`` of the test tiles (decoded in chunks)."""
+    def compute() -> dict[str, np.ndarray]:
+        apply, params = functional(model)
+        prob = predict_masks(apply, params, stats.normalize(z_test), (config.size, config.size),
+                             batch_size=config.decode_batch_size, chunk=config.decode_chunk,
+                             desc=f"predicting test masks ({NAME})")
+        return {"prob": prob}
+
+    deps = (*recon_deps(config, data), config.seed + 1, config.seg, config.seed + 2,
+            data.data_id("test"))
+    return run.cached("predict_test", deps, compute)["prob"]
+
+
+def results(config: Config, data: Data, latents: dict[str, tuple[Latents, np.ndarray]],
+            recon: dict[str, np.ndarray], prob: np.ndarray) -> dict[str, Any]:
+    """The scores: test segmentation metrics, the "no flood" baseline, test PSNR per group."""
+    pred = threshold(prob, config.threshold)
+    seg = evaluate_masks(pred, data.test_masks)
+    base = evaluate_masks(np.zeros_like(data.test_masks), data.test_masks)
+    out: dict[str, Any] = {f"test_{k}": v for k, v in seg.items()}
+    out.update({f"baseline_no_flood_{k}": base[k] for k in
+                ("mean_iou", "pixel_accuracy", "fw_iou", "flood_iou")})
+    out["test_psnr"] = float(np.mean(latents["test"][1]))
+    out["train_psnr"] = float(np.mean(latents["train"][1]))
+    out.update({f"test_psnr_{k[5:]}": float(np.mean(v)) for k, v in recon.items()
+                if k.startswith("psnr_")})
+    out["num_train"], out["num_test"], out["size"] = (len(data.train_ids), len(data.test_ids),
+                                                      config.size)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Figures
+# ------------------------------------------------------------------------------------------
+
+_ROWS = (("S1 before", "s1_before"), ("S2 before*", "s2_before"), ("S1 after", "s1_after"),
+         ("S2 after*", "s2_after"))
+FALSE_COLOUR = ("* S2 in false colour: red = B3 (green light), green = B8 (near infrared), "
+                "blue = B11 (short-wave infrared); water is dark in B8 and B11.")
+
+
+def _rows(images: np.ndarray) -> list[np.ndarray]:
+    images = images / 255.0 if images.dtype == np.uint8 else images
+    return [images[..., CHANNEL_GROUPS[g]] for _, g in _ROWS]
+
+
+def _grid(rows: list[tuple[str, np.ndarray]], titles: list[str], caption: str | None = None,
+          size: float = 1.6) -> Figure:
+    n = len(rows[0][1])
+    fig, axes = plt.subplots(len(rows), n, figsize=(size * n, size * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            image = np.clip(np.asarray(images[c], np.float32), 0, 1)
+            gray = image.ndim == 2 or image.shape[-1] == 1
+            ax.imshow(image.reshape(image.shape[:2]) if gray else image,
+                      cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    if caption:
+        fig.text(0.01, 0.0, caption, fontsize=7, ha="left", va="top", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def figure_inputs(config: Config, data: Data) -> Figure:
+    """The first ``num_show`` test tiles: both sensors before and after, and the flood mask."""
+    n = config.num_show
+    rows = list(zip([label for label, _ in _ROWS], _rows(data.test_inputs[:n])))
+    rows.append(("flood mask", data.test_masks[:n].astype(np.float32)))
+    return _grid(rows, [f"tile {i}" for i in data.test_ids[:n]], FALSE_COLOUR)
+
+
+def figure_reconstructions(config: Config, data: Data, recon: dict[str, np.ndarray]) -> Figure:
+    """Targets and reconstructions of the first test tiles, row by row."""
+    n = config.num_show
+    rows = []
+    for (label, _), true, pred in zip(_ROWS, _rows(data.test_inputs[:n]),
+                                      _rows(recon["shown"])):
+        rows += [(label, true), (f"{label} ENF", pred)]
+    return _grid(rows, [f"tile {i}" for i in data.test_ids[:n]], FALSE_COLOUR)
+
+
+def figure_masks(config: Config, data: Data, prob: np.ndarray) -> Figure:
+    """For the first test tiles: S2 after, true mask, flood probability, predicted mask."""
+    n = config.num_show
+    after = _rows(data.test_inputs[:n])[3]
+    pred = threshold(prob[:n], config.threshold).astype(np.float32)
+    rows = [("S2 after*", after), ("true mask", data.test_masks[:n].astype(np.float32)),
+            ("probability", prob[:n]), ("predicted", pred)]
+    return _grid(rows, [f"tile {i}" for i in data.test_ids[:n]], FALSE_COLOUR)
+
+
+def figure_latents(config: Config, data: Data, z_test: Latents) -> Figure:
+    """Latent positions and windows over the S1 after image of the first test tiles."""
+    n = config.num_show
+    images = _rows(data.test_inputs[:n])[2]
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n, 2.6), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        z = jax.tree.map(lambda a, i=i: np.asarray(a)[i], z_test)
+        plot_latents(ax, images[i], z)
+        ax.set_title(f"tile {data.test_ids[i]}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------
+# The whole experiment
+# ------------------------------------------------------------------------------------------
+
+
+def run(config: Config, run: Run) -> dict[str, Any]:
+    """Every stage, the figures and ``metrics.json``; returns the metrics."""
+    data = load_data(config)
+    learner, state, _ = train_reconstruction(run, config, data)
+    latents = fit_latents(run, config, data, learner, state)
+    z_test = latents["test"][0]
+    recon = reconstruct_test(run, config, data, learner, state, z_test)
+    model, stats, _ = train_mask_decoder(run, config, data, latents["train"][0])
+    prob = predict_test(run, config, data, model, stats, z_test)
+    figures = {"inputs": figure_inputs(config, data),
+               "reconstructions": figure_reconstructions(config, data, recon),
+               "masks": figure_masks(config, data, prob),
+               "latents": figure_latents(config, data, z_test)}
+    for name, fig in figures.items():
+        run.save_figure(fig, name)
+        plt.close(fig)
+    return run.write_metrics(results(config, data, latents, recon, prob))
+
+
+__all__ = ["Config", "Data", "PROFILES", "SegConfig", "fit_latents", "load_data",
+           "predict_test", "reconstruct_test", "results", "run", "train_mask_decoder",
+           "train_reconstruction"]
