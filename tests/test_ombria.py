@@ -289,3 +289,82 @@ def test_real_test_split(tmp_path: Path):
     assert len(set(ids.tolist())) == 70
     assert 0.30 < masks.mean() < 0.36                                 # flood fraction ~ 0.33
     assert json.loads(json.dumps(ids.tolist()))[0] == ids[0]
+
+
+# ------------------------------------------------------------------------------------------
+# The experiment, end to end at toy scale
+# ------------------------------------------------------------------------------------------
+
+
+def _toy_config():
+    import dataclasses
+
+    from enf_lib.config import ENFConfig, FitConfig
+    from enf_lib.experiments.ombria_segmentation import Config, SegConfig
+
+    return Config(
+        size=16, num_train=4,
+        enf=ENFConfig(num_out=8, num_latents=4, latent_dim=4, hidden_dim=8, att_dim=4,
+                      num_heads=1, num_freqs=4),
+        fit=FitConfig(batch_size=2, inner_steps=1, lr_pose=0.0, second_order=False,
+                      inner_coords=32, outer_coords=32),
+        meta_steps=2,
+        seg=dataclasses.replace(SegConfig(hidden_dim=8, att_dim=4, num_heads=1, num_freqs=4),
+                                steps=2, batch_size=2, coords_per_step=32),
+        fit_batch_size=4, decode_batch_size=2, decode_chunk=64, num_show=2)
+
+
+def test_config_validation():
+    import dataclasses
+
+    from enf_lib.experiments.ombria_segmentation import PROFILES, SegConfig
+
+    config = _toy_config()
+    for bad in (dict(size=48), dict(num_train=1), dict(threshold=1.0), dict(meta_steps=0),
+                dict(enf=dataclasses.replace(config.enf, num_out=3))):
+        with pytest.raises(ValueError, match="invalid config"):
+            dataclasses.replace(config, **bad)
+    with pytest.raises(ValueError, match="seg.lr"):
+        SegConfig(lr=0.0)
+    seg_enf = config.seg.enf(config.enf)
+    assert seg_enf.num_out == 1 and seg_enf.num_latents == config.enf.num_latents
+    assert set(PROFILES) == {"quick", "standard", "full"}
+    assert PROFILES["full"].size == 256 and PROFILES["full"].enf.num_latents == 256
+
+
+@pytest.mark.slow
+def test_experiment_runs_every_stage_and_reuses_them(tmp_path: Path, monkeypatch):
+    from enf_lib.experiments import ombria_segmentation as experiment
+    from enf_lib.experiments.runner import Run, load_metrics
+
+    ids = {"train": ["0001", "0002", "0003", "0004"], "test": ["0005", "0006"]}
+    zip_tree(make_tree(tmp_path / "tree", ids), tmp_path / "data" / "ombria" / "s.zip")
+    monkeypatch.setenv("ENF_DATA_DIR", str(tmp_path / "data"))
+    config = _toy_config()
+    metrics = experiment.run(config, Run(tmp_path / "run", experiment.NAME, "toy", config,
+                                         verbose=False))
+    for key in ("test_mean_iou", "test_pixel_accuracy", "test_fw_iou", "test_flood_iou",
+                "test_flood_f1", "test_psnr", "test_psnr_s1_before", "test_psnr_s2_after",
+                "baseline_no_flood_mean_iou"):
+        assert np.isfinite(metrics[key]) or key == "test_flood_f1", key
+    assert 0 <= metrics["test_mean_iou"] <= 1
+    assert set(metrics["wall_time_s"]) == {"meta_train", "fit_latents_train",
+                                           "fit_latents_test", "reconstruct_test",
+                                           "train_mask_decoder", "predict_test"}
+    assert load_metrics(tmp_path / "run")["provenance"]["config"]["size"] == 16
+    figures = sorted(p.stem for p in (tmp_path / "run" / "figures").glob("*.png"))
+    assert figures == ["inputs", "latents", "masks", "reconstructions"]
+
+    run2 = Run(tmp_path / "run", experiment.NAME, "toy", config, verbose=False)
+    again = experiment.run(config, run2)
+    assert all(record["reused"] for record in run2.stages.values())
+    assert again["test_mean_iou"] == metrics["test_mean_iou"]
+
+
+@pytest.mark.slow
+def test_memory_estimate_of_a_toy_config():
+    from enf_lib.experiments.ombria_segmentation import memory_estimate
+
+    estimate = memory_estimate(_toy_config(), num_train=4)
+    assert set(estimate) == {"meta_step", "mask_step", "decode"}
+    assert all(v["gb"] > 0 and v["tflop"] > 0 for v in estimate.values())

@@ -40,6 +40,7 @@ from enf_lib.model import EquivariantNeuralField, functional
 from enf_lib.ombria import CHANNEL_GROUPS, TILE_SIZE, load_ombria
 from enf_lib.plotting import plot_latents
 from enf_lib.segmentation import (
+    decode_chunked,
     decode_dataset,
     evaluate_masks,
     mask_loss_fn,
@@ -164,9 +165,9 @@ PROFILES: dict[str, Config] = {
         size=32, num_train=200, enf=_QUICK_ENF,
         fit=dataclasses.replace(_REF_FIT, lr_context=30.0, outer_lr=1e-3,
                                 inner_coords=256, outer_coords=512),
-        meta_steps=300,
-        seg=SegConfig(hidden_dim=64, att_dim=32, num_heads=2, num_freqs=32, steps=600,
-                      batch_size=16, lr=1e-3, coords_per_step=512),
+        meta_steps=250,
+        seg=SegConfig(hidden_dim=64, att_dim=32, num_heads=2, num_freqs=32, steps=400,
+                      batch_size=8, lr=1e-3, coords_per_step=256),
         fit_batch_size=64, decode_batch_size=70, decode_chunk=1024),
     # One GPU, minutes: 128x128 tiles, the reference architecture, pixel subsampling.
     "standard": Config(
@@ -350,6 +351,54 @@ def results(config: Config, data: Data, latents: dict[str, tuple[Latents, np.nda
     return out
 
 
+def _compiled_cost(compiled: Any) -> dict[str, float]:
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"gb": (mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                   + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 1e9,
+            "temp_gb": mem.temp_size_in_bytes / 1e9,
+            "tflop": float(cost.get("flops", float("nan"))) / 1e12}
+
+
+def memory_estimate(config: Config, num_train: int = 624) -> dict[str, dict[str, float]]:
+    """Memory and compute of the three big steps of ``config``, from XLA's analysis of the
+    compiled steps (nothing is run; on a CPU this compiles for the CPU, whose buffer
+    assignment is close to, but not the same as, a GPU's).
+
+    Returns, for ``meta_step`` (one outer step of meta-learning with the training tiles
+    resident as float32), ``mask_step`` (forward and backward of the mask decoder's loss) and
+    ``decode`` (one chunked decoding batch of the reconstruction ENF): ``gb`` (arguments,
+    outputs and temporaries), ``temp_gb`` and ``tflop``.
+    """
+    side, e = config.size, config.enf
+    learner = MetaLearner(e, config.fit, (side, side))
+    state = jax.eval_shape(learner.init, jax.random.key(0))
+    data = jax.ShapeDtypeStruct((num_train, side, side, 8), np.float32)
+    meta = learner.train_step.lower(state, data, jax.random.key(1)).compile()
+
+    b, pose_dim = config.seg.batch_size, learner.bi_invariant.pose_dim
+    batch = {"pose": jax.ShapeDtypeStruct((b, e.num_latents, pose_dim), np.float32),
+             "context": jax.ShapeDtypeStruct((b, e.num_latents, e.latent_dim), np.float32),
+             "window": jax.ShapeDtypeStruct((b, e.num_latents, 1), np.float32),
+             "mask": jax.ShapeDtypeStruct((b, side * side), np.float32)}
+    graphdef, params = nnx.split(mask_decoder(config))
+    loss_fn = mask_loss_fn(coordinate_grid(side, side), config.seg.coords_per_step,
+                           config.seg.dice_weight)
+
+    def mask_grad(p: Any, batch: dict[str, Any], key: Any) -> Any:
+        return jax.grad(lambda q: loss_fn(nnx.merge(graphdef, q), batch, key)[0])(p)
+
+    mask = jax.jit(mask_grad).lower(params, batch, jax.random.key(2)).compile()
+
+    z = Latents(*(jax.ShapeDtypeStruct((config.decode_batch_size, *batch[k].shape[1:]),
+                                       np.float32) for k in ("pose", "context", "window")))
+    decode = decode_chunked.lower(learner.apply, state.params, coordinate_grid(side, side),
+                                  z, min(config.decode_chunk, side * side)).compile()
+    return {"meta_step": _compiled_cost(meta), "mask_step": _compiled_cost(mask),
+            "decode": _compiled_cost(decode)}
+
+
 # ------------------------------------------------------------------------------------------
 # Figures
 # ------------------------------------------------------------------------------------------
@@ -453,5 +502,6 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 
 
 __all__ = ["Config", "Data", "PROFILES", "SegConfig", "fit_latents", "load_data",
+           "memory_estimate",
            "predict_test", "reconstruct_test", "results", "run", "train_mask_decoder",
            "train_reconstruction"]
