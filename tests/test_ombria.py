@@ -368,3 +368,15 @@ def test_memory_estimate_of_a_toy_config():
     estimate = memory_estimate(_toy_config(), num_train=4)
     assert set(estimate) == {"meta_step", "mask_step", "decode"}
     assert all(v["gb"] > 0 and v["tflop"] > 0 for v in estimate.values())
+
+
+def test_group_psnr_by_hand():
+    from enf_lib.experiments.ombria_segmentation import group_psnr
+
+    target = np.full((2, 4, 4, 8), 51, np.uint8)                      # 0.2 in [0, 1]
+    pred = np.full((2, 4, 4, 8), 0.2, np.float32)
+    pred[..., CHANNEL_GROUPS["s1_after"]] += 0.1                      # MSE 0.01 -> 20 dB
+    scores = group_psnr(pred, target)
+    assert set(scores) == set(CHANNEL_GROUPS)
+    np.testing.assert_allclose(scores["s1_after"], [20.0, 20.0], rtol=1e-4)
+    assert np.all(scores["s2_before"] > 60)
