@@ -71,7 +71,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def segmentation_metrics(confusion: np.ndarray) -> dict[str, float]:
-    """Scores from a confusion matrix ``(2, 2)`` ``[true, predicted]`` (see :func:`confusion_counts`).
+    """Scores from a confusion matrix ``(2, 2)`` ``[true, predicted]`` (:func:`confusion_counts`).
 
     Returns ``pixel_accuracy``, ``iou_no_flood``, ``iou_flood`` (= ``flood_iou``), ``mean_iou``
     (mean of the two class IoUs), ``fw_iou`` (class IoUs weighted by true class frequency),
