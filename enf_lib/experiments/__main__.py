@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         os.environ["ENF_DATA_DIR"] = args.data_dir
     metrics = run_experiment(args.task, args.profile, args.out, args.overrides)
-    summary = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-    print(json.dumps(summary, indent=2))
+    # The short entries (the full record is in DIR/metrics.json).
+    summary = {k: v for k, v in metrics.items()
+               if k not in ("provenance", "stages") and len(json.dumps(v)) < 300}
+    print(json.dumps(summary, indent=1))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -14,6 +15,23 @@ from enf_lib.fitting import MetaLearner, MetaState
 from enf_lib.latents import Latents, latents_from_arrays, latents_to_arrays
 from enf_lib.tracking import MetricLogger
 from enf_lib.training import meta_train
+
+
+def steps_done(folder: Path) -> int:
+    """Steps a checkpointed training loop in ``folder`` had finished (0 when none)."""
+    history = folder / "history.json"
+    if not history.exists():
+        return 0
+    losses = json.loads(history.read_text()).get("loss", [])
+    return losses[-1][0] if losses else 0
+
+
+def record_loop(record: dict[str, Any], log: MetricLogger, done_before: int,
+                steps: int) -> None:
+    """Mark a training stage reused when it had finished before this run, and record the wall
+    time it took in total (over all the runs that trained it)."""
+    record["reused"] = done_before >= steps
+    record["compute_time_s"] = round(sum(v for _, v in log.history.get("wall_time_s", [])), 3)
 
 
 def meta_train_stage(run: Run, learner: MetaLearner, images: np.ndarray, *, steps: int,
@@ -27,19 +45,13 @@ def meta_train_stage(run: Run, learner: MetaLearner, images: np.ndarray, *, step
     """
     with run.stage(name) as record:
         folder = run.stage_dir(name, learner.enf, learner.cfg, data_id, seed)
-        history = folder / "history.json"
-        done_before = 0
-        if history.exists():
-            losses = json.loads(history.read_text()).get("loss", [])
-            done_before = losses[-1][0] if losses else 0
+        done_before = steps_done(folder)
         key = jax.random.key(seed)
         state, log = meta_train(learner, learner.init(key), images, steps=steps,
                                 key=jax.random.fold_in(key, 1), checkpoint_dir=folder,
                                 checkpoint_every=checkpoint_every,
                                 desc=f"{name} ({run.experiment})")
-        if done_before >= steps:
-            record["reused"] = True
-        record["compute_time_s"] = round(sum(v for _, v in log.history.get("wall_time_s", [])), 3)
+        record_loop(record, log, done_before, steps)
     return state, log
 
 
