@@ -5,9 +5,12 @@ before and after the flood, with a binary flood mask:
 
 * Sentinel-1 (S1): synthetic-aperture radar, one channel (VV backscatter). Open water is a
   mirror for the radar and looks dark; radar sees through clouds.
-* Sentinel-2 (S2): optical, three channels stored as an 8-bit PNG: bands B3 (green), B8 (near
-  infrared) and B11 (short-wave infrared), *not* true colour. Water absorbs near and short-wave
-  infrared, so it is dark in B8 and B11.
+* Sentinel-2 (S2): optical, three channels stored as an 8-bit RGB PNG holding bands B3 (green),
+  B8 (near infrared) and B11 (short-wave infrared), per the OMBRIA paper: false colour, *not*
+  true colour. Neither the paper nor the repository says which PNG channel holds which band;
+  the pixel values suggest red = B11, green = B8, blue = B3 (flooded pixels are darkest in red,
+  as water absorbs short-wave infrared most, and brighter than dry land in blue, as water
+  reflects some green light). The channels are therefore named by their PNG channel.
 * the mask: 1 where the tile was flooded after the event (identical for both sensors).
 
 :func:`load_ombria` stacks every tile into 8 channels in the order :data:`OMBRIA_CHANNELS`,
@@ -59,11 +62,12 @@ TILE_SIZE = 256
 
 OMBRIA_CHANNELS: tuple[str, ...] = (
     "S1 before VV",
-    "S2 before B3", "S2 before B8", "S2 before B11",
+    "S2 before R", "S2 before G", "S2 before B",
     "S1 after VV",
-    "S2 after B3", "S2 after B8", "S2 after B11",
+    "S2 after R", "S2 after G", "S2 after B",
 )
-"""The 8 input channels of :func:`load_ombria`, in order."""
+"""The 8 input channels of :func:`load_ombria`, in order (S2 by PNG channel: probably B11, B8,
+B3; see the module docstring)."""
 
 CHANNEL_GROUPS: dict[str, slice] = {
     "s1_before": slice(0, 1),
