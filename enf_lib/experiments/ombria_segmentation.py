@@ -19,8 +19,6 @@ all; the notebook ``08_ombria_segmentation`` calls the same functions one by one
 from __future__ import annotations
 
 import dataclasses
-import json
-import pathlib
 from typing import Any
 
 import jax
@@ -33,7 +31,12 @@ from matplotlib.figure import Figure
 from enf_lib.config import ENFConfig, FitConfig
 from enf_lib.coordinates import coordinate_grid
 from enf_lib.experiments.runner import Run, digest
-from enf_lib.experiments.stages import fit_latents_stage, meta_train_stage
+from enf_lib.experiments.stages import (
+    fit_latents_stage,
+    meta_train_stage,
+    record_loop,
+    steps_done,
+)
 from enf_lib.fitting import MetaLearner, MetaState
 from enf_lib.latents import ContextStats, Latents
 from enf_lib.model import EquivariantNeuralField, functional
@@ -300,7 +303,7 @@ def train_mask_decoder(run: Run, config: Config, data: Data, z_train: Latents
     deps = (*recon_deps(config, data), config.seed + 1, seg, config.seed + 2)
     with run.stage("train_mask_decoder") as record:
         folder = run.stage_dir("train_mask_decoder", *deps)
-        done_before = (folder / "history.json").exists() and _last_step(folder) >= seg.steps
+        done_before = steps_done(folder)
         model, log = train_model(
             mask_decoder(config), loss_fn, arrays, steps=seg.steps,
             batch_size=min(seg.batch_size, len(data.train_masks)),
@@ -308,16 +311,8 @@ def train_mask_decoder(run: Run, config: Config, data: Data, z_train: Latents
             key=jax.random.key(config.seed + 3), ema_decay=seg.ema_decay,
             checkpoint_dir=folder, config={"deps": digest(*deps)},
             desc=f"train_mask_decoder ({NAME})")
-        record["reused"] = bool(done_before)
-        record["compute_time_s"] = round(sum(v for _, v in log.history.get("wall_time_s", [])),
-                                         3)
+        record_loop(record, log, done_before, seg.steps)
     return model, stats, log
-
-
-def _last_step(folder: pathlib.Path) -> int:
-    """The last step logged in ``folder/history.json`` (0 when none)."""
-    losses = json.loads((folder / "history.json").read_text()).get("loss", [])
-    return int(losses[-1][0]) if losses else 0
 
 
 def predict_test(run: Run, config: Config, data: Data, model: EquivariantNeuralField,
