@@ -380,3 +380,12 @@ def test_group_psnr_by_hand():
     assert set(scores) == set(CHANNEL_GROUPS)
     np.testing.assert_allclose(scores["s1_after"], [20.0, 20.0], rtol=1e-4)
     assert np.all(scores["s2_before"] > 60)
+
+
+def test_cli_takes_overrides_after_the_options(capsys):
+    from enf_lib.experiments.__main__ import main
+
+    assert main(["ombria-segmentation", "--profile", "quick", "--show-config",
+                 "seg.steps=3", "size=64"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["seg"]["steps"] == 3 and shown["size"] == 64

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the resolved config as JSON and exit")
     parser.add_argument("overrides", nargs="*", metavar="field=value",
                         help="config overrides, e.g. enf.num_latents=25 meta_steps=2000")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow --profile and --out
     try:
         config = make_config(args.task, args.profile, args.overrides)
     except ValueError as err:
