@@ -422,11 +422,12 @@ def pose_study(run: Run, c: Config, learner: MetaLearner, state: MetaState,
     """What the fixed-pose decision costs and what it avoids, on the test images.
 
     A second decoder is meta-trained with moving poses (``lr_pose = pose_study_lr``). Returns
-    mean test PSNRs: ``fixed`` (the experiment's decoder, fitted poses), ``moving`` (the
-    other decoder at its fitted poses), ``moving_at_grid`` (its contexts decoded at fresh grid
-    poses, as a sampler that generates only contexts would), ``fixed_at_fresh_poses`` (the
-    fixed decoder's contexts at another draw of the initial pose noise), and the mean pose
-    displacement of the moving decoder's latents from a fresh grid draw, in grid spacings.
+    mean test PSNRs: ``psnr_fixed`` (the experiment's decoder, fitted poses),
+    ``psnr_moving`` (the other decoder at its fitted poses), ``psnr_moving_at_grid`` (its
+    contexts decoded at fresh grid poses, as a sampler that generates only contexts would),
+    ``psnr_fixed_at_fresh_poses`` (the fixed decoder's contexts at another draw of the initial
+    pose noise), and ``moving_pose_shift_grid_spacings``: the mean displacement of the moving
+    decoder's latents from a fresh grid draw, in grid spacings.
     """
     moving = learner.with_config(lr_pose=c.pose_study_lr)
     data_id = ("cifar10", "train", c.data.num_train)
