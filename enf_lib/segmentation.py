@@ -90,8 +90,7 @@ def segmentation_metrics(confusion: np.ndarray) -> dict[str, float]:
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {
         "pixel_accuracy": float((tn + tp) / total),
-        "iou_no_flood": ious[0],
-        "iou_flood": ious[1],
+        **{f"iou_{name}": iou for name, iou in zip(CLASSES, ious)},
         "flood_iou": ious[1],
         "mean_iou": float(np.nanmean(ious)) if not all(np.isnan(ious)) else float("nan"),
         "fw_iou": float(np.nansum([f * i for f, i in zip(freqs, ious)])),
