@@ -6,9 +6,10 @@ Two transformers over the ``L`` latent tokens that differ only in how they see t
   of each *absolute* pose to its token. Translating the latents changes its input, so it is not
   invariant.
 * :class:`InvariantClassifier` (``kind="invariant"``) never sees a pose on its own: attention
-  between latents ``i`` and ``j`` is biased and its values modulated by an embedding of the
-  bi-invariant ``a(p_i, p_j)`` (e.g. ``p_j - p_i`` for translations). Contexts are invariant too,
-  so its prediction is exactly invariant to the group acting on the latents.
+  between latents ``i`` and ``j`` is biased by an embedding of the bi-invariant ``a(p_j, p_i)``
+  (e.g. ``p_j - p_i`` for translations), and each message also carries the attention-weighted
+  embeddings. Contexts are invariant too, so its prediction is exactly invariant to the group
+  acting on the latents.
 
 Both take contexts already normalised (:class:`~enf_lib.latents.ContextStats`).
 """
@@ -45,6 +46,7 @@ class ClassifierConfig:
       num_heads: attention heads (``dim`` must be divisible by it).
       mlp_ratio: hidden width of each block's MLP, in multiples of ``dim``.
       num_freqs, freq: Fourier features of poses (transformer) or bi-invariants (invariant).
+      pair_dim: width of the embedded pairwise invariants (invariant classifier).
       steps, batch_size, lr, weight_decay, warmup: AdamW with linear warm-up and cosine decay.
       label_smoothing: of the cross-entropy targets.
       augment_shift: if > 0, each training example's latents are translated by a random shift
@@ -58,6 +60,7 @@ class ClassifierConfig:
     mlp_ratio: int = 2
     num_freqs: int = 16
     freq: float = 2.0
+    pair_dim: int = 32
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
@@ -67,7 +70,8 @@ class ClassifierConfig:
     augment_shift: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "depth", "num_heads", "mlp_ratio", "num_freqs", "steps", "batch_size"):
+        for name in ("dim", "depth", "num_heads", "mlp_ratio", "num_freqs", "pair_dim", "steps",
+                     "batch_size"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"invalid config: {name}={getattr(self, name)!r} (a positive integer)")
         if self.dim % self.num_heads:
@@ -104,32 +108,40 @@ def pair_dim(bi: BiInvariant) -> int:
 class Block(nnx.Module):
     """Pre-norm transformer block over latent tokens ``(B, L, dim)``.
 
-    With ``pair (B, L, L, dim)`` (embedded pairwise invariants), attention logits get a learned
-    per-head bias from it and each value ``v_j`` is multiplied by it before the weighted sum:
-    ``msg_i = sum_j softmax_j(q_i . k_j / sqrt(d) + b(a_ij)) (v_j * m(a_ij))``.
+    With ``pair (B, L, L, P)`` (embedded pairwise invariants ``e_ij``), attention is relative
+    (in the style of Shaw et al.): each head's logits get a learned bias ``b(e_ij)`` and its
+    message a learned map ``r`` of the attention-weighted pair features,
+    ``msg_i = sum_j w_ij v_j + r(sum_j w_ij e_ij)`` with ``w_ij = softmax_j(q_i . k_j / sqrt(d)
+    + b(e_ij))``. Summing ``e_ij`` before projecting keeps the cost at ``O(L^2 P)`` per head.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, relative: bool, *,
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int, pair_dim: int | None, *,
                  rngs: nnx.Rngs):
         self.num_heads = num_heads
         self.norm1, self.norm2 = nnx.LayerNorm(dim, rngs=rngs), nnx.LayerNorm(dim, rngs=rngs)
         self.qkv = nnx.Linear(dim, 3 * dim, rngs=rngs)
         self.out = nnx.Linear(dim, dim, rngs=rngs)
         self.mlp = MLP(dim, mlp_ratio * dim, dim, 1, rngs=rngs)
-        self.pair = nnx.Linear(dim, dim + num_heads, rngs=rngs) if relative else None
+        if pair_dim is None:
+            self.bias = self.relative = None
+        else:
+            self.bias = nnx.Linear(pair_dim, num_heads, rngs=rngs)
+            init = nnx.initializers.lecun_normal()
+            self.relative = nnx.Param(init(rngs.params(), (num_heads, pair_dim,
+                                                           dim // num_heads)))
 
     def __call__(self, h: Array, pair: Array | None = None) -> Array:
         b, n, d = h.shape
         heads = lambda x: x.reshape(b, n, self.num_heads, d // self.num_heads)
         q, k, v = map(heads, jnp.split(self.qkv(self.norm1(h)), 3, -1))
         logits = jnp.einsum("bihc,bjhc->bhij", q, k) / jnp.sqrt(d // self.num_heads)
-        if self.pair is None:
-            msg = jnp.einsum("bhij,bjhc->bihc", jax.nn.softmax(logits, -1), v)
-        else:
-            mod, bias = jnp.split(self.pair(pair), [d], -1)          # (B,L,L,d), (B,L,L,H)
-            logits = logits + jnp.moveaxis(bias, -1, 1)
-            mod = mod.reshape(b, n, n, self.num_heads, d // self.num_heads)
-            msg = jnp.einsum("bhij,bjhc,bijhc->bihc", jax.nn.softmax(logits, -1), v, mod)
+        if self.bias is not None:
+            logits = logits + jnp.moveaxis(self.bias(pair), -1, 1)            # (B, H, L, L)
+        w = jax.nn.softmax(logits, -1)
+        msg = jnp.einsum("bhij,bjhc->bihc", w, v)
+        if self.relative is not None:
+            r = jnp.einsum("bhij,bijp->bihp", w, pair)                        # (B, L, H, P)
+            msg = msg + jnp.einsum("bihp,hpc->bihc", r, self.relative[...])
         h = h + self.out(msg.reshape(b, n, d))
         return h + self.mlp(self.norm2(h))
 
@@ -138,9 +150,9 @@ class _LatentClassifier(nnx.Module):
     """Shared parts: context embedding, blocks, mean pooling, linear head."""
 
     def __init__(self, latent_dim: int, num_classes: int, cfg: ClassifierConfig,
-                 relative: bool, *, rngs: nnx.Rngs):
+                 pair_dim: int | None, *, rngs: nnx.Rngs):
         self.embed = nnx.Linear(latent_dim, cfg.dim, rngs=rngs)
-        self.blocks = nnx.List([Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, relative, rngs=rngs)
+        self.blocks = nnx.List([Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, pair_dim, rngs=rngs)
                                 for _ in range(cfg.depth)])
         self.norm = nnx.LayerNorm(cfg.dim, rngs=rngs)
         self.head = nnx.Linear(cfg.dim, num_classes, rngs=rngs)
@@ -157,7 +169,7 @@ class LatentTransformer(_LatentClassifier):
 
     def __init__(self, latent_dim: int, pose_dim: int, num_classes: int, cfg: ClassifierConfig,
                  *, rngs: nnx.Rngs):
-        super().__init__(latent_dim, num_classes, cfg, relative=False, rngs=rngs)
+        super().__init__(latent_dim, num_classes, cfg, pair_dim=None, rngs=rngs)
         self.pose_embed = FourierEmbedding(pose_dim, cfg.num_freqs, cfg.dim, cfg.freq, rngs=rngs)
 
     def __call__(self, z: Latents) -> Array:
@@ -170,13 +182,13 @@ class InvariantClassifier(_LatentClassifier):
 
     def __init__(self, latent_dim: int, bi_invariant: str | BiInvariant, num_classes: int,
                  cfg: ClassifierConfig, *, rngs: nnx.Rngs):
-        super().__init__(latent_dim, num_classes, cfg, relative=True, rngs=rngs)
+        super().__init__(latent_dim, num_classes, cfg, pair_dim=cfg.pair_dim, rngs=rngs)
         self.bi = get_bi_invariant(bi_invariant)
         if not self.bi.equivariant:
             raise ValueError(f"the {self.bi.name!r} bi-invariant is not invariant to any group: "
                              "an invariant classifier needs translation, distance or se2")
-        self.pair_embed = FourierEmbedding(pair_dim(self.bi), cfg.num_freqs, cfg.dim, cfg.freq,
-                                           rngs=rngs)
+        self.pair_embed = FourierEmbedding(pair_dim(self.bi), cfg.num_freqs, cfg.pair_dim,
+                                           cfg.freq, rngs=rngs)
 
     def __call__(self, z: Latents) -> Array:
         pair = jax.nn.gelu(self.pair_embed(pairwise_invariants(self.bi, z.pose)))

@@ -50,8 +50,8 @@ def run_loop(
 
     ``step_fn`` must be jitted and must fold ``state.step`` into ``key`` itself, so that a
     resumed run draws exactly the batches an uninterrupted one would. With ``checkpoint_dir``,
-    the newest checkpoint is restored first (refused if it was made with another ``config``;
-    nothing to do when it already reached ``steps``) and the state is saved every
+    the newest checkpoint is restored first (refused if it was made with another ``config`` or
+    went beyond ``steps``; nothing to do when it reached ``steps``) and the state is saved every
     ``checkpoint_every`` steps and at the end, with the history as ``history.json`` beside it.
 
     Returns the final state and the logger (metrics per logged step, and this call's
@@ -64,7 +64,13 @@ def run_loop(
     if checkpoint_dir is not None:
         ckpt = Checkpointer(checkpoint_dir, config=config)
         history = Path(checkpoint_dir) / "history.json"
-        if ckpt.latest_step() is not None:
+        latest = ckpt.latest_step()
+        if latest is not None and latest > steps:
+            ckpt.close()
+            raise ValueError(
+                f"the checkpoint in {checkpoint_dir} is at step {latest}, beyond the requested "
+                f"steps={steps}: ask for at least {latest} steps, or use another folder")
+        if latest is not None:
             state = ckpt.restore(state)
             if history.exists():
                 logger.load(history, up_to_step=int(state.step))

@@ -129,5 +129,8 @@ def test_train_model_fits_a_line_with_ema_and_resumes(tmp_path):
     resumed, _ = train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, **kwargs,
                              checkpoint_dir=ckpt)
     np.testing.assert_allclose(resumed.lin.kernel[...], model.lin.kernel[...], rtol=1e-5)
+    with pytest.raises(ValueError, match="beyond the requested steps=100"):
+        train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, **{**kwargs, "steps": 100},
+                    checkpoint_dir=ckpt)
     with pytest.raises(ValueError, match="differ in length"):
         train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y[:5]}, **kwargs)

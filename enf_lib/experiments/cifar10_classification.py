@@ -83,20 +83,20 @@ PROFILES: dict[str, Config] = {
                       num_freqs=32),
         fit=FitConfig(batch_size=8, second_order=False, outer_lr=1e-3, inner_coords=256,
                       outer_coords=512),
-        classifier=ClassifierConfig(dim=64, depth=2, num_heads=4, steps=1000, batch_size=128,
+        classifier=ClassifierConfig(dim=64, depth=2, num_heads=4, steps=300, batch_size=128,
                                     lr=2e-3),
         train_images=5_000, test_images=1_000, meta_steps=500, shifts=(1, 2, 4)),
     # One H100-class GPU, under 8 minutes: the reference ENF, all data, second order.
     "standard": Config(
         enf=ENFConfig(),
         fit=FitConfig(batch_size=32),
-        classifier=ClassifierConfig(dim=128, depth=4, num_heads=4, steps=8000, batch_size=256),
+        classifier=ClassifierConfig(dim=128, depth=4, num_heads=4, steps=4000, batch_size=256),
         meta_steps=3000, fit_batch_size=1024),
     # Paper scale: 10 epochs of ENF meta-learning (15,625 steps at batch 32), a larger classifier.
     "full": Config(
         enf=ENFConfig(),
         fit=FitConfig(batch_size=32),
-        classifier=ClassifierConfig(dim=256, depth=6, num_heads=8, steps=40_000,
+        classifier=ClassifierConfig(dim=256, depth=6, num_heads=8, steps=10_000,
                                     batch_size=256, lr=5e-4),
         meta_steps=15_625, fit_batch_size=1024),
 }
@@ -243,7 +243,7 @@ def shift_figure(results: dict[str, Any]) -> plt.Figure:
                                "latents translated directly")):
         for kind, acc in results[key].items():
             ax.plot(results["shift_pixels"], 100 * np.asarray(acc), "o-", label=kind)
-        ax.set(xlabel="shift (pixels, both axes)", title=title)
+        ax.set(xlabel="shift (pixels, both axes)", title=title, xticks=results["shift_pixels"])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend()
