@@ -7,8 +7,12 @@ The pieces, in the order the course builds them:
 * :mod:`enf_lib.latents` -- the latent point cloud (poses, contexts, windows).
 * :mod:`enf_lib.model` -- the equivariant cross-attention decoder.
 * :mod:`enf_lib.fitting` -- inner loop, MAML / Meta-SGD outer step, fitting latents, PSNR.
-* :mod:`enf_lib.training` -- the meta-training loop with checkpoints and logging.
-* :mod:`enf_lib.datasets`, :mod:`enf_lib.synthetic` -- real and synthetic images.
+* :mod:`enf_lib.training` -- training loops (meta-learning and supervised) with checkpoints.
+* :mod:`enf_lib.datasets`, :mod:`enf_lib.ombria`, :mod:`enf_lib.synthetic` -- CIFAR-10, the
+  OMBRIA flood tiles, and synthetic images.
+* :mod:`enf_lib.classifiers`, :mod:`enf_lib.segmentation`, :mod:`enf_lib.diffusion` -- the
+  downstream models of Part II, and :mod:`enf_lib.metrics` for scoring classifiers.
+* :mod:`enf_lib.experiments` -- the three full experiments, also runnable as scripts.
 """
 
 from enf_lib.config import ENFConfig, FitConfig, profile_from_env
