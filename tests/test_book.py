@@ -83,3 +83,22 @@ def test_jax_has_no_upper_pin():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     jax = [r for r in project["dependencies"] if _name(r) == "jax"]
     assert jax and "<" not in jax[0], "installing on Colab must never replace Colab's jax"
+
+
+def test_book_builds_without_executing_the_notebooks(tmp_path):
+    """The strict build minus execution (seconds): catches broken links, citations, toc entries
+    and directives before the long executed build of `make book`."""
+    pytest.importorskip("jupyter_book")
+    import shutil
+    import subprocess
+    import sys
+
+    config = dict(CONFIG, execute={**CONFIG.get("execute", {}), "execute_notebooks": "off"})
+    (tmp_path / "_config.yml").write_text(yaml.safe_dump(config))
+    exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or "jupyter-book"
+    out = subprocess.run([exe, "build", str(ROOT), "--config", str(tmp_path / "_config.yml"),
+                          "--path-output", str(tmp_path / "out"), "--warningiserror",
+                          "--keep-going"], capture_output=True, text=True, timeout=600)
+    warnings = [line for line in out.stdout.splitlines() + out.stderr.splitlines()
+                if "WARNING" in line and "Location 'file" not in line]
+    assert out.returncode == 0 and not warnings, "\n".join(warnings) or out.stdout[-3000:]
