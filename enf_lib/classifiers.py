@@ -26,6 +26,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from enf_lib.batching import padded_batches
 from enf_lib.geometry import BiInvariant, get_bi_invariant
 from enf_lib.latents import Latents
 from enf_lib.model import MLP, FourierEmbedding
@@ -261,13 +262,6 @@ def predict(model: nnx.Module, latents: Latents, batch_size: int = 512) -> np.nd
     """Logits ``(N, num_classes)`` for ``latents (N, L, ...)``, in padded chunks (one compile)."""
     _check_latents(latents)
     graphdef, state = nnx.split(model)
-    n = latents.context.shape[0]
-    out = []
-    for start in range(0, n, batch_size):
-        chunk = jax.tree.map(lambda a: np.asarray(a[start:start + batch_size]), latents)
-        m = chunk.context.shape[0]
-        if m < batch_size and n > batch_size:
-            chunk = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], batch_size - m, 0)]),
-                                 chunk)
-        out.append(np.asarray(_logits(graphdef, state, chunk))[:m])
+    out = [np.asarray(_logits(graphdef, state, z))[:n]
+           for z, n in padded_batches(jax.tree.map(np.asarray, latents), batch_size)]
     return np.concatenate(out)

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from enf_lib.batching import num_batches, padded_batches
 from enf_lib.config import ENFConfig, FitConfig
 from enf_lib.coordinates import coordinate_grid, images_to_signals
 from enf_lib.latents import Latents, init_latents_batch
@@ -222,20 +223,6 @@ class MetaLearner:
         out = _decode_jit(self.apply, state.params, coordinate_grid(*shape), latents)
         return out.reshape(out.shape[0], *shape, -1)
 
-    def _chunks(self, images: Array | np.ndarray, batch_size: int):
-        """Yield ``(i, chunk, n)``: ``images`` validated and cut into chunks of ``batch_size``,
-        the last one padded (by repeating its first image) so every chunk has one shape and the
-        jitted fit compiles once; ``n`` is the number of real images in the chunk."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        images = check_images(images, self.image_shape, self.enf.num_out)
-        for i, start in enumerate(range(0, images.shape[0], batch_size)):
-            chunk = images[start:start + batch_size]
-            n = chunk.shape[0]
-            if n < batch_size and images.shape[0] > batch_size:
-                chunk = jnp.concatenate([chunk, jnp.repeat(chunk[:1], batch_size - n, 0)])
-            yield i, chunk, n
-
     def fit_dataset(self, state: MetaState, images: Array | np.ndarray, key: Array, *,
                     steps: int | None = None, batch_size: int = 256,
                     desc: str = "fitting latents") -> tuple[Latents, np.ndarray]:
@@ -244,11 +231,13 @@ class MetaLearner:
         Works in chunks of ``batch_size`` with a progress bar. Returns the latents as NumPy
         arrays with leading axis ``M`` and the per-image PSNR ``(M,)`` after fitting.
         """
+        images = check_images(images, self.image_shape, self.enf.num_out)   # once, not per batch
+        steps = self.cfg.inner_steps if steps is None else steps
         zs, scores = [], []
-        total = -(-len(images) // batch_size)
-        for i, chunk, n in progress(self._chunks(images, batch_size), total=total, desc=desc,
-                                    unit="batch"):
-            z = self.fit(state, chunk, jax.random.fold_in(key, i), steps)
+        batches = padded_batches(images, batch_size)
+        for i, (chunk, n) in enumerate(progress(batches, desc=desc, unit="batch",
+                                                total=num_batches(len(images), batch_size))):
+            z = self._fit(state.params, state.rates, chunk, jax.random.fold_in(key, i), steps=steps)
             scores.append(np.asarray(psnr(self.decode(state, z), chunk))[:n])
             zs.append(jax.tree.map(lambda a: np.asarray(a)[:n], z))
         latents = jax.tree.map(lambda *parts: np.concatenate(parts), *zs)
@@ -257,11 +246,13 @@ class MetaLearner:
     def evaluate(self, state: MetaState, images: Array | np.ndarray, key: Array,
                  steps: int | None = None, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Fit and decode ``images`` in chunks; per-image PSNR before and after fitting."""
+        images = check_images(images, self.image_shape, self.enf.num_out)
+        steps = self.cfg.inner_steps if steps is None else steps
         before, after = [], []
-        for i, chunk, n in self._chunks(images, batch_size):
+        for i, (chunk, n) in enumerate(padded_batches(images, batch_size)):
             k = jax.random.fold_in(key, i)
             z0 = self.init_latents(jax.random.split(k)[0], chunk.shape[0])
-            z = self.fit(state, chunk, k, steps)
+            z = self._fit(state.params, state.rates, chunk, k, steps=steps)
             before.append(np.asarray(psnr(self.decode(state, z0), chunk))[:n])
             after.append(np.asarray(psnr(self.decode(state, z), chunk))[:n])
         return {"psnr_before": np.concatenate(before), "psnr_after": np.concatenate(after)}

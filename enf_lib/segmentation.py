@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from enf_lib.batching import num_batches, padded_batches
 from enf_lib.coordinates import coordinate_grid
 from enf_lib.latents import Latents
 from enf_lib.model import ApplyFn
@@ -200,18 +201,12 @@ def decode_dataset(apply: ApplyFn, params: Any, latents: Latents, coords: Array,
     """
     if batch_size < 1 or chunk < 1:
         raise ValueError(f"batch_size and chunk must be >= 1, got {batch_size}, {chunk}")
-    m = latents.pose.shape[0]
     chunk = min(chunk, coords.shape[0])
+    latents = jax.tree.map(np.asarray, latents)
     outs = []
-    for start in progress(range(0, m, batch_size), total=-(-m // batch_size), desc=desc,
-                          unit="batch"):
-        z = jax.tree.map(lambda a: np.asarray(a)[start:start + batch_size], latents)
-        real = z.pose.shape[0]
-        if real < batch_size < m:
-            z = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], batch_size - real,
-                                                                    0)]), z)
-        out = decode_chunked(apply, params, coords, z, chunk)
-        outs.append(np.asarray(out)[:real])
+    for z, real in progress(padded_batches(latents, batch_size), desc=desc, unit="batch",
+                            total=num_batches(latents.pose.shape[0], batch_size)):
+        outs.append(np.asarray(decode_chunked(apply, params, coords, z, chunk))[:real])
     return np.concatenate(outs)
 
 

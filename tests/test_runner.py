@@ -134,3 +134,19 @@ def test_train_model_fits_a_line_with_ema_and_resumes(tmp_path):
                     checkpoint_dir=ckpt)
     with pytest.raises(ValueError, match="differ in length"):
         train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y[:5]}, **kwargs)
+
+
+def test_padded_batches_share_one_shape_and_cover_every_item():
+    from enf_lib.batching import num_batches, padded_batches
+
+    tree = {"a": np.arange(10), "b": jnp.arange(20.0).reshape(10, 2)}
+    batches = list(padded_batches(tree, 4))
+    assert len(batches) == num_batches(10, 4) == 3
+    assert [n for _, n in batches] == [4, 4, 2]
+    assert all(b["a"].shape == (4,) and b["b"].shape == (4, 2) for b, _ in batches)
+    assert isinstance(batches[-1][0]["b"], jax.Array)
+    np.testing.assert_array_equal(np.concatenate([b["a"][:n] for b, n in batches]), tree["a"])
+    (single, n), = padded_batches(tree, 16)            # one short batch stays unpadded
+    assert n == 10 and single["a"].shape == (10,)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(padded_batches(tree, 0))
