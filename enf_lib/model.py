@@ -7,7 +7,8 @@ For a coordinate ``x`` and its ``k`` nearest latents ``(p_i, c_i, sigma_i)``:
 2. query ``q_i = W_q e_q(a_i)``, key ``k_i = W_k c_i`` (``num_heads x att_dim``).
 3. value ``v_i = W_2 gelu(W_1 (W_v c_i * (1 + gamma_i) + beta_i))`` with
    ``gamma_i, beta_i = W_f e_v(a_i)`` (FiLM: the geometry modulates the context).
-4. weights ``softmax_i(q_i . k_i / sqrt(att_dim) - ||x - p_i||^2 / sigma_i^2)`` per head.
+4. weights ``softmax_i(s q_i . k_i - ||x - p_i||^2 / sigma_i^2)`` per head, with ``s`` the
+   ``attention_scale`` (1 in the minimal reference code, ``1 / sqrt(att_dim)`` in transformers).
 5. output: ``sum_i weights_i v_i``, heads concatenated, then an MLP head to ``num_out`` channels.
 
 ``x`` and ``p_i`` meet only inside ``a`` and the distance ``||x - p_i||``, both invariant, which
@@ -45,6 +46,20 @@ class FourierEmbedding(nnx.Module):
         """``(..., in_dim) -> (..., in_dim + 2 num_freqs)``: the features before the linear layer."""
         proj = jnp.pi * a @ self.freqs[...]
         return jnp.concatenate([a, jnp.sin(proj), jnp.cos(proj)], -1)
+
+    def offset_features(self, x: Array, p: Array, take: Callable[[Array], Array]) -> Array:
+        """``features(x[:, None] - take(p))`` with sines of the coordinates and the latents only.
+
+        ``x (N, 2)``, ``p (L, 2)``; ``take`` maps per-latent rows ``(L, ...)`` to the ``k``
+        neighbours of each coordinate ``(N, k, ...)``. With ``u = pi x W`` and ``v = pi p W``,
+        ``sin(u - v) = sin u cos v - cos u sin v`` and ``cos(u - v) = cos u cos v + sin u sin v``:
+        ``(N + L) F`` sines and cosines instead of ``N k F``, the rest is multiply-adds.
+        """
+        u, v = jnp.pi * x @ self.freqs[...], jnp.pi * p @ self.freqs[...]     # (N, F), (L, F)
+        sin_u, cos_u = jnp.sin(u)[:, None], jnp.cos(u)[:, None]
+        sin_v, cos_v = take(jnp.sin(v)), take(jnp.cos(v))                     # (N, k, F)
+        return jnp.concatenate([x[:, None] - take(p), sin_u * cos_v - cos_u * sin_v,
+                                cos_u * cos_v + sin_u * sin_v], -1)
 
     def __call__(self, a: Array) -> Array:
         return self.linear(self.features(a))
@@ -85,7 +100,7 @@ class EquivariantNeuralField(nnx.Module):
         c = config
         self.config = config
         self.bi_invariant: BiInvariant = get_bi_invariant(c.bi_invariant)
-        heads = c.num_heads * c.att_dim
+        heads, values = c.num_heads * c.att_dim, c.num_heads * c.head_value_dim
         a_dim = self.bi_invariant.dim
         self.embed_query = FourierEmbedding(a_dim, c.num_freqs, c.hidden_dim, c.freq_query, rngs=rngs)
         self.embed_value = FourierEmbedding(a_dim, c.num_freqs, c.hidden_dim, c.freq_value, rngs=rngs)
@@ -94,8 +109,8 @@ class EquivariantNeuralField(nnx.Module):
         self.value_in = nnx.Linear(c.latent_dim, c.hidden_dim, rngs=rngs)
         self.film = nnx.Linear(c.hidden_dim, 2 * c.hidden_dim, rngs=rngs)
         self.value_hidden = nnx.Linear(c.hidden_dim, c.hidden_dim, rngs=rngs)
-        self.value_out = nnx.Linear(c.hidden_dim, heads, rngs=rngs)
-        self.head = MLP(heads, c.hidden_dim, c.num_out, depth=c.head_depth, rngs=rngs)
+        self.value_out = nnx.Linear(c.hidden_dim, values, rngs=rngs)
+        self.head = MLP(values, c.hidden_dim, c.num_out, depth=c.head_depth, rngs=rngs)
 
     def __call__(self, coords: Array, latents: Latents) -> Array:
         self._check_shapes(coords, latents)
@@ -132,42 +147,52 @@ class EquivariantNeuralField(nnx.Module):
         """Cross-attention of ``coords (N, 2)`` to one signal's latents.
 
         Returns neighbour indices ``(N, k)`` (``None`` when dense, then ``k = L``), attention
-        weights ``(N, k, heads)`` and the attention output ``(N, heads * att_dim)``.
+        weights ``(N, k, heads)`` and the attention output ``(N, heads * value_dim)``.
 
-        Three rewrites make this cheaper than the textbook order without changing the result:
+        Four rewrites make this cheaper than the textbook order without changing the result:
         the query maps are linear in the Fourier features ``phi_q``, so ``q . k`` is computed as
         ``phi_q . (M k)`` with ``M k`` formed once per latent; the embedding and FiLM layers of the
-        value are composed into one affine map; and the value MLP's last linear layer is applied
-        after the weighted sum over neighbours (the weights sum to one), once per coordinate.
+        value are composed into one affine map; the value MLP's last linear layer is applied
+        after the weighted sum over neighbours (the weights sum to one), once per coordinate; and
+        for the translation bi-invariant the sines of ``x - p`` are formed from sines of ``x``
+        and of ``p`` (:meth:`FourierEmbedding.offset_features`).
         """
         c = self.config
         n_lat, heads, att = c.num_latents, c.num_heads, c.att_dim
         idx = self.neighbours(coords, z)
-        # Per latent: q_h . k_h = phi_q . (M_h k_h) + m_h . k_h, scaled by 1/sqrt(att_dim).
+        # Per latent: s q_h . k_h = phi_q . (M_h s k_h) + m_h . s k_h.
         m_kernel, m_bias = _compose(self.embed_query.linear, self.query)      # (F, H*A), (H*A,)
-        key = self.key(z.context).reshape(n_lat, heads, att) / jnp.sqrt(att)
+        key = self.key(z.context).reshape(n_lat, heads, att) * c.attention_scale
         key_phi = jnp.einsum("fha,lha->lhf", m_kernel.reshape(-1, heads, att), key)
         key_bias = jnp.einsum("ha,lha->lh", m_bias.reshape(heads, att), key)
         value_in = self.value_in(z.context)                                     # (L, hidden)
-        per_latent = (z.pose, z.window, key_phi, key_bias, value_in)
+        n = coords.shape[0]
         if idx is None:
-            n = coords.shape[0]
-            pose, window, key_phi, key_bias, value_in = (
-                jnp.broadcast_to(t, (n,) + t.shape) for t in per_latent)
+            def take(t: Array) -> Array:                    # every latent is a neighbour
+                return jnp.broadcast_to(t, (n,) + t.shape)
         else:
-            pose, window, key_phi, key_bias, value_in = (t[idx] for t in per_latent)
-        a = self.bi_invariant(coords[:, None, :], pose)                        # (N, k, a_dim)
+            def take(t: Array) -> Array:                    # (L, ...) -> (N, k, ...)
+                return t[idx]
+        pose, window, key_phi, key_bias, value_in = map(
+            take, (z.pose, z.window, key_phi, key_bias, value_in))
+        if self.bi_invariant.offset:                        # a = x - p: no sine per pair
+            phi_q, phi_v = (e.offset_features(coords, z.pose, take)
+                            for e in (self.embed_query, self.embed_value))
+        else:
+            a = self.bi_invariant(coords[:, None, :], pose)                    # (N, k, a_dim)
+            phi_q, phi_v = self.embed_query.features(a), self.embed_value.features(a)
         d2 = jnp.sum(jnp.square(coords[:, None, :] - pose[..., :2]), -1)       # (N, k)
-        logits = jnp.einsum("nkf,nkhf->nkh", self.embed_query.features(a), key_phi) + key_bias
+        logits = jnp.einsum("nkf,nkhf->nkh", phi_q, key_phi) + key_bias
         logits = logits - (d2 / (jnp.square(window[..., 0]) + 1e-8))[..., None]
         weights = jax.nn.softmax(logits, axis=1)                                # (N, k, H)
         film_kernel, film_bias = _compose(self.embed_value.linear, self.film)
-        gamma, beta = jnp.split(self.embed_value.features(a) @ film_kernel + film_bias, 2, -1)
+        gamma, beta = jnp.split(phi_v @ film_kernel + film_bias, 2, -1)
         hidden = jax.nn.gelu(self.value_hidden(value_in * (1 + gamma) + beta))  # (N, k, hidden)
         mixed = jnp.einsum("nkh,nkd->nhd", weights, hidden)                    # (N, H, hidden)
-        w_out = self.value_out.kernel[...].reshape(-1, heads, att)              # (hidden, H, A)
-        out = jnp.einsum("nhd,dha->nha", mixed, w_out) + self.value_out.bias[...].reshape(heads, att)
-        return idx, weights, out.reshape(coords.shape[0], heads * att)
+        w_out = self.value_out.kernel[...].reshape(-1, heads, c.head_value_dim)  # (hidden, H, V)
+        out = (jnp.einsum("nhd,dhv->nhv", mixed, w_out)
+               + self.value_out.bias[...].reshape(heads, c.head_value_dim))
+        return idx, weights, out.reshape(coords.shape[0], -1)
 
     def _decode(self, coords: Array, z: Latents) -> Array:
         return self.head(self.attend(coords, z)[2])

@@ -26,8 +26,6 @@ from enf_lib.datasets import (
     safe_extract_zip,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ENV_DATA_DIR = os.environ.get("ENF_DATA_DIR")  # read at import, before the fixture below clears it
 SPLIT_CODE = {"train": 0, "test": 1}
 
 
@@ -588,22 +586,6 @@ def test_no_download_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------------------------------------
 # The real local copy (skipped when absent)
 # ---------------------------------------------------------------------------------------------
-
-
-def _real_data_root() -> Path | None:
-    for base in (ENV_DATA_DIR, SHARED_DATA):
-        if base and (Path(base) / "cifar10" / "cifar10-jpeg.zip").is_file():
-            return Path(base)
-    return None
-
-
-@pytest.fixture(scope="session")
-def real_cifar10(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(data folder with cifar10/cifar10-jpeg.zip, a cache folder shared by the session)."""
-    root = _real_data_root()
-    if root is None:
-        pytest.skip("no cifar10/cifar10-jpeg.zip in ENF_DATA_DIR or ../shared/data")
-    return root, tmp_path_factory.mktemp("enf-cache")
 
 
 @pytest.mark.data
