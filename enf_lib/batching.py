@@ -1,4 +1,5 @@
-"""Cutting a data set into equal batches, so a jitted function compiles once for all of them."""
+"""Batches: random subsets drawn on the device, and a data set cut into equal batches so a
+jitted function compiles once for all of them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 
 T = TypeVar("T")
+
+
+def random_subset(key: jax.Array, n: int, num: int) -> jax.Array:
+    """``num`` distinct indices ``(num,)`` drawn uniformly from ``range(n)`` (jit-friendly).
+
+    The positions of the ``num`` largest of ``n`` uniform draws: a uniformly random subset in
+    ``O(n)``, where ``jax.random.choice(..., replace=False)`` sorts a whole permutation (on 2 CPU
+    cores, 0.7 ms instead of 36 ms for 8 of 50,000 images).
+    """
+    if not 1 <= num <= n:
+        raise ValueError(f"need 1 <= num <= n, got num={num}, n={n}")
+    return jax.lax.top_k(jax.random.uniform(key, (n,)), num)[1]
 
 
 def num_batches(num: int, batch_size: int) -> int:

@@ -7,7 +7,7 @@ Meta-SGD rates) through the inner loop, in second order (MAML: differentiate thr
 gradients) or first order (treat the inner gradients as constants).
 
 Everything here is pure and jit-compiled once per shape: the inner loop is a ``lax.scan``
-(unrolled when short), batches are drawn on the device from a data set that lives on the device.
+(unrolled when short and second order), batches are drawn on the device from a data set that lives on the device.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from enf_lib.batching import num_batches, padded_batches
+from enf_lib.batching import num_batches, padded_batches, random_subset
 from enf_lib.config import ENFConfig, FitConfig
 from enf_lib.coordinates import coordinate_grid, images_to_signals
 from enf_lib.latents import Latents, init_latents_batch
@@ -31,9 +31,11 @@ from enf_lib.progress import progress
 
 Array = jax.Array
 
-# Inner loops of at most this many steps are unrolled. XLA then fuses across the steps instead of
-# stacking each step's activations for the backward pass (a second-order meta-step at the reference
-# config on 2 CPU cores: 3.5 s -> 2.5 s); longer fits stay a loop, so compile time stays bounded.
+# Second-order inner loops of at most this many steps are unrolled: XLA then fuses across the steps
+# instead of stacking each step's activations for the backward pass through the loop (a
+# second-order meta-step at the reference config on 2 CPU cores: 3.7 s -> 2.6 s). First-order loops
+# have no backward pass through them and run faster rolled (measured); longer loops stay rolled
+# so that compile time stays bounded.
 UNROLL_MAX_STEPS = 8
 
 
@@ -154,7 +156,7 @@ class MetaLearner:
         n = self.coords.shape[0]
         if num is None or num >= n:
             return jnp.arange(n)
-        return jax.random.permutation(key, n)[:num]
+        return random_subset(key, n, num)
 
     def inner_loop(self, params: Any, rates: Latents, latents: Latents, targets: Array,
                    key: Array, *, steps: int | None = None,
@@ -179,7 +181,7 @@ class MetaLearner:
             return jax.tree.map(lambda p, r, g: p - r * g, z, rates, grads), None
 
         latents, _ = jax.lax.scan(step, latents, jax.random.split(key, steps),
-                                  unroll=steps <= UNROLL_MAX_STEPS)
+                                  unroll=second_order and steps <= UNROLL_MAX_STEPS)
         return latents
 
     # ------------------------------------------------------------ outer loop
@@ -196,7 +198,7 @@ class MetaLearner:
 
     def _batch(self, data: Array, key: Array) -> Array:
         """A batch of ``batch_size`` distinct signals ``(B, N, C)`` drawn from ``data``."""
-        idx = jax.random.choice(key, data.shape[0], (self.cfg.batch_size,), replace=False)
+        idx = random_subset(key, data.shape[0], self.cfg.batch_size)
         return images_to_signals(data[idx])
 
     def _outer_grads(self, state: MetaState, targets: Array, key: Array) -> tuple[Any, Array]:

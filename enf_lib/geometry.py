@@ -45,9 +45,6 @@ class BiInvariant:
       dim: entries of ``a(x, p)``.
       group_dim: entries of one group element ``g`` (as sampled by :meth:`random_element`).
       equivariant: whether ``a`` is really invariant under its group (False for the baseline).
-      offset: whether ``a(x, p) = x - p`` (translations), so that a function of ``a`` that is a
-        sum of exponentials ``exp(i omega . a)``, such as Fourier features, splits into a
-        factor of ``x`` and a factor of ``p`` (the decoder uses this to save work).
     """
 
     name: ClassVar[str]
@@ -55,7 +52,6 @@ class BiInvariant:
     dim: ClassVar[int]
     group_dim: ClassVar[int]
     equivariant: ClassVar[bool] = True
-    offset: ClassVar[bool] = False
 
     def __call__(self, x: Array, p: Array) -> Array:
         """``x (..., 2)``, ``p (..., pose_dim)`` -> ``a (..., dim)`` (broadcasting)."""
@@ -142,7 +138,6 @@ class Translation(_TranslationGroup, BiInvariant):
     name: ClassVar[str] = "translation"
     pose_dim: ClassVar[int] = 2
     dim: ClassVar[int] = 2
-    offset: ClassVar[bool] = True
 
     def __call__(self, x: Array, p: Array) -> Array:
         return x - p

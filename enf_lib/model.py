@@ -47,20 +47,6 @@ class FourierEmbedding(nnx.Module):
         proj = jnp.pi * a @ self.freqs[...]
         return jnp.concatenate([a, jnp.sin(proj), jnp.cos(proj)], -1)
 
-    def offset_features(self, x: Array, p: Array, take: Callable[[Array], Array]) -> Array:
-        """``features(x[:, None] - take(p))`` with sines of the coordinates and the latents only.
-
-        ``x (N, 2)``, ``p (L, 2)``; ``take`` maps per-latent rows ``(L, ...)`` to the ``k``
-        neighbours of each coordinate ``(N, k, ...)``. With ``u = pi x W`` and ``v = pi p W``,
-        ``sin(u - v) = sin u cos v - cos u sin v`` and ``cos(u - v) = cos u cos v + sin u sin v``:
-        ``(N + L) F`` sines and cosines instead of ``N k F``, the rest is multiply-adds.
-        """
-        u, v = jnp.pi * x @ self.freqs[...], jnp.pi * p @ self.freqs[...]     # (N, F), (L, F)
-        sin_u, cos_u = jnp.sin(u)[:, None], jnp.cos(u)[:, None]
-        sin_v, cos_v = take(jnp.sin(v)), take(jnp.cos(v))                     # (N, k, F)
-        return jnp.concatenate([x[:, None] - take(p), sin_u * cos_v - cos_u * sin_v,
-                                cos_u * cos_v + sin_u * sin_v], -1)
-
     def __call__(self, a: Array) -> Array:
         return self.linear(self.features(a))
 
@@ -149,13 +135,11 @@ class EquivariantNeuralField(nnx.Module):
         Returns neighbour indices ``(N, k)`` (``None`` when dense, then ``k = L``), attention
         weights ``(N, k, heads)`` and the attention output ``(N, heads * value_dim)``.
 
-        Four rewrites make this cheaper than the textbook order without changing the result:
+        Three rewrites make this cheaper than the textbook order without changing the result:
         the query maps are linear in the Fourier features ``phi_q``, so ``q . k`` is computed as
         ``phi_q . (M k)`` with ``M k`` formed once per latent; the embedding and FiLM layers of the
         value are composed into one affine map; the value MLP's last linear layer is applied
-        after the weighted sum over neighbours (the weights sum to one), once per coordinate; and
-        for the translation bi-invariant the sines of ``x - p`` are formed from sines of ``x``
-        and of ``p`` (:meth:`FourierEmbedding.offset_features`).
+        after the weighted sum over neighbours (the weights sum to one), once per coordinate.
         """
         c = self.config
         n_lat, heads, att = c.num_latents, c.num_heads, c.att_dim
@@ -175,12 +159,8 @@ class EquivariantNeuralField(nnx.Module):
                 return t[idx]
         pose, window, key_phi, key_bias, value_in = map(
             take, (z.pose, z.window, key_phi, key_bias, value_in))
-        if self.bi_invariant.offset:                        # a = x - p: no sine per pair
-            phi_q, phi_v = (e.offset_features(coords, z.pose, take)
-                            for e in (self.embed_query, self.embed_value))
-        else:
-            a = self.bi_invariant(coords[:, None, :], pose)                    # (N, k, a_dim)
-            phi_q, phi_v = self.embed_query.features(a), self.embed_value.features(a)
+        a = self.bi_invariant(coords[:, None, :], pose)                        # (N, k, a_dim)
+        phi_q, phi_v = self.embed_query.features(a), self.embed_value.features(a)
         d2 = jnp.sum(jnp.square(coords[:, None, :] - pose[..., :2]), -1)       # (N, k)
         logits = jnp.einsum("nkf,nkhf->nkh", phi_q, key_phi) + key_bias
         logits = logits - (d2 / (jnp.square(window[..., 0]) + 1e-8))[..., None]

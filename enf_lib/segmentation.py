@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from enf_lib.batching import num_batches, padded_batches
+from enf_lib.batching import num_batches, padded_batches, random_subset
 from enf_lib.coordinates import coordinate_grid
 from enf_lib.latents import Latents
 from enf_lib.model import ApplyFn
@@ -162,7 +162,7 @@ def mask_loss_fn(coords: Array, num_coords: int | None, dice_weight: float = 0.0
         if num_coords is None or num_coords >= n:
             idx = jnp.arange(n)
         else:
-            idx = jax.random.permutation(key, n)[:num_coords]
+            idx = random_subset(key, n, num_coords)
         z = Latents(batch["pose"], batch["context"], batch["window"])
         logits = model(coords[idx], z)[..., 0]                               # (B, n)
         return mask_loss(logits, batch["mask"][:, idx], dice_weight)

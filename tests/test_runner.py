@@ -150,3 +150,15 @@ def test_padded_batches_share_one_shape_and_cover_every_item():
     assert n == 10 and single["a"].shape == (10,)
     with pytest.raises(ValueError, match="batch_size"):
         next(padded_batches(tree, 0))
+
+
+def test_random_subsets_are_distinct_and_uniform():
+    from enf_lib.batching import random_subset
+
+    draws = jax.vmap(lambda k: random_subset(k, 10, 3))(jax.random.split(jax.random.key(0), 4000))
+    assert draws.shape == (4000, 3)
+    assert all(len(set(row)) == 3 for row in np.asarray(draws[:200]).tolist())
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=10)   # 1,200 expected per index
+    assert counts.min() > 1_050 and counts.max() < 1_350, counts
+    with pytest.raises(ValueError, match="num <= n"):
+        random_subset(jax.random.key(0), 5, 6)
