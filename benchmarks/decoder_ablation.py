@@ -15,7 +15,6 @@ Usage: python benchmarks/decoder_ablation.py [--steps 40,80] [--variants a,b] [-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -24,16 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from enf_lib import ENFConfig, FitConfig
 from enf_lib.experiments.runner import override, to_jsonable
+from psnr_budget import Setup  # the reference setup (this script's folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    enf: ENFConfig = ENFConfig()
-    fit: FitConfig = FitConfig(batch_size=8)
 
 
 # name -> overrides of the reference setup

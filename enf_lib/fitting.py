@@ -7,7 +7,8 @@ Meta-SGD rates) through the inner loop, in second order (MAML: differentiate thr
 gradients) or first order (treat the inner gradients as constants).
 
 Everything here is pure and jit-compiled once per shape: the inner loop is a ``lax.scan``
-(unrolled when short and second order), batches are drawn on the device from a data set that lives on the device.
+(unrolled when short and second order), batches are drawn on the device from a data set that
+lives on the device.
 """
 
 from __future__ import annotations
