@@ -22,8 +22,11 @@ book: env
 		$(BIN)/jupyter-book build . --warningiserror --keep-going
 	@echo "Book written to _build/html/index.html"
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; 1 = in this process). Keep it at 1 on a
+# GPU: every process would claim most of the device's memory.
+TEST_WORKERS ?= 2
 test: env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 # Rewrite each .ipynb from its MyST text twin (the source), without outputs.
 sync-notebooks: env
