@@ -78,7 +78,7 @@ class Config:
 
 PROFILES: dict[str, Config] = {
     # 2 CPU cores, a few minutes: a small ENF, a tenth of the training set. Second order with
-    # 512 of the 1,024 pixels per inner step (the fits of stage 2 then cost half) and all of them
+    # 512 of the 1,024 pixels per inner step (stage 2 fits at half the cost of all pixels), all of them
     # in the outer loss. It beat 500 first-order steps on 256/512-pixel subsets (test PSNR 22.5
     # against 19.4 dB) for about a quarter more run time; see benchmarks/README.md.
     "quick": Config(
