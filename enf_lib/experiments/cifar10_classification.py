@@ -78,9 +78,9 @@ class Config:
 
 PROFILES: dict[str, Config] = {
     # 2 CPU cores, a few minutes: a small ENF, a tenth of the training set. Second order with
-    # 512 of the 1,024 pixels per inner step (stage 2 fits at half the cost of all pixels), all of them
-    # in the outer loss. It beat 500 first-order steps on 256/512-pixel subsets (test PSNR 22.5
-    # against 19.4 dB) for about a quarter more run time; see benchmarks/README.md.
+    # 512 of the 1,024 pixels per inner step (stage 2 fits at half the cost of all pixels) and
+    # all of them in the outer loss. It beat 500 first-order steps on 256/512-pixel subsets
+    # (test PSNR 22.5 against 19.4 dB) for about a quarter more run time; benchmarks/README.md.
     "quick": Config(
         enf=ENFConfig(num_latents=16, latent_dim=32, hidden_dim=64, att_dim=32, num_heads=2,
                       num_freqs=32),
