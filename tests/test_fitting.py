@@ -45,6 +45,21 @@ def test_inner_loop_improves_each_signal(images):
     assert np.all(scores["psnr_after"] > scores["psnr_before"])
 
 
+def test_fit_dataset_chunks_match_one_fit_and_scores_are_optional(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    z, scores = lrn.fit_dataset(state, images[:10], jax.random.key(3), batch_size=4)
+    assert z.context.shape == (10, TINY.num_latents, TINY.latent_dim) and scores.shape == (10,)
+    # The first chunk is one fit with the chunk's key; the PSNR is that of its decoded images.
+    z0 = lrn.fit(state, images[:4], jax.random.fold_in(jax.random.key(3), 0))
+    np.testing.assert_allclose(z.context[:4], z0.context, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores[:4], psnr(lrn.decode(state, z0), images[:4]), atol=1e-4)
+    z_plain, none = lrn.fit_dataset(state, images[:10], jax.random.key(3), batch_size=4,
+                                    score=False)
+    assert none is None
+    np.testing.assert_allclose(z_plain.context, z.context)
+
+
 def test_first_and_second_order_gradients_differ(images):
     targets = jnp.asarray(images[:8].reshape(8, -1, 3))
     first, second = learner(), learner(second_order=True)

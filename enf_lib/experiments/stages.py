@@ -57,16 +57,18 @@ def meta_train_stage(run: Run, learner: MetaLearner, images: np.ndarray, *, step
 
 def fit_latents_stage(run: Run, name: str, learner: MetaLearner, state: MetaState,
                       images: np.ndarray, *, deps: Sequence[Any], seed: int,
-                      batch_size: int = 256) -> tuple[Latents, np.ndarray]:
-    """Latents ``(M, ...)`` and per-image PSNR ``(M,)`` for ``images`` with the frozen decoder.
+                      batch_size: int = 256, score: bool = True,
+                      ) -> tuple[Latents, np.ndarray | None]:
+    """Latents ``(M, ...)`` and per-image PSNR ``(M,)`` (``None`` with ``score=False``) for
+    ``images`` with the frozen decoder.
 
     Cached in the run under ``name``, keyed by ``deps`` (they must identify the decoder, e.g.
-    its configs, training data, seed and steps, and the images) and ``seed``.
+    its configs, training data, seed and steps, and the images), ``seed`` and ``score``.
     """
     def compute() -> dict[str, np.ndarray]:
-        z, scores = learner.fit_dataset(state, images, jax.random.key(seed),
-                                        batch_size=batch_size, desc=f"{name} ({run.experiment})")
-        return {**latents_to_arrays(z), "psnr": scores}
+        z, scores = learner.fit_dataset(state, images, jax.random.key(seed), batch_size=batch_size,
+                                        score=score, desc=f"{name} ({run.experiment})")
+        return {**latents_to_arrays(z), **({"psnr": scores} if score else {})}
 
-    arrays = run.cached(name, (*deps, seed), compute)
-    return latents_from_arrays(arrays), arrays["psnr"]
+    arrays = run.cached(name, (*deps, seed, score), compute)
+    return latents_from_arrays(arrays), arrays.get("psnr")
