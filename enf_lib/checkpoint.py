@@ -47,6 +47,7 @@ class Checkpointer:
     def _check_config(self, config: dict[str, Any] | None) -> None:
         if config is None:
             return
+        config = json.loads(json.dumps(config))     # as saved: tuples become lists
         path = self.directory / "config.json"
         if path.exists():
             saved = json.loads(path.read_text())

@@ -27,6 +27,7 @@ from flax import nnx, struct
 from enf_lib.checkpoint import Checkpointer, config_dict
 from enf_lib.fitting import MetaLearner, MetaState, check_images
 from enf_lib.progress import progress
+from enf_lib.provenance import fingerprint
 from enf_lib.tracking import MetricLogger
 
 Array = jax.Array
@@ -51,7 +52,8 @@ def run_loop(
     ``step_fn`` must be jitted and must fold ``state.step`` into ``key`` itself, so that a
     resumed run draws exactly the batches an uninterrupted one would. With ``checkpoint_dir``,
     the newest checkpoint is restored first (refused if it was made with another ``config`` or
-    went beyond ``steps``; nothing to do when it reached ``steps``) and the state is saved every
+    ``key``, or went beyond ``steps``; nothing to do when it reached ``steps``) and the state is
+    saved every
     ``checkpoint_every`` steps and at the end, with the history as ``history.json`` beside it.
 
     Returns the final state and the logger (metrics per logged step, and this call's
@@ -62,7 +64,10 @@ def run_loop(
     logger = MetricLogger() if logger is None else logger
     ckpt = history = None
     if checkpoint_dir is not None:
-        ckpt = Checkpointer(checkpoint_dir, config=config)
+        raw_key = jax.random.key_data(key) if jax.dtypes.issubdtype(
+            key.dtype, jax.dtypes.prng_key) else key
+        ckpt = Checkpointer(checkpoint_dir, config={**(config or {}),
+                                                    "key": np.asarray(raw_key).tolist()})
         history = Path(checkpoint_dir) / "history.json"
         latest = ckpt.latest_step()
         if latest is not None and latest > steps:
@@ -121,8 +126,9 @@ def meta_train(
 
     The images move to the device once; each jitted step draws its batch there, so the loop
     never copies data or waits for the device except every ``log_every`` steps to log.
-    Checkpointing, resuming and skipping as in :func:`run_loop`; step ``i`` uses
-    ``fold_in(key, i)``, so a resumed run draws the same batches.
+    Checkpointing, resuming and skipping as in :func:`run_loop` (the checkpoint is keyed by the
+    configs, a fingerprint of ``images`` and ``key``); step ``i`` uses ``fold_in(key, i)``, so a
+    resumed run draws the same batches.
 
     Returns the final state and the logger: ``logger.history`` holds loss and PSNR per step and
     the wall time of this call, also saved as ``history.json`` beside the checkpoints, so a
@@ -132,7 +138,8 @@ def meta_train(
     if data.shape[0] < learner.cfg.batch_size:
         raise ValueError(f"{data.shape[0]} images are fewer than batch_size={learner.cfg.batch_size}")
     return run_loop(lambda s, k: learner.train_step(s, data, k), state, steps=steps, key=key,
-                    checkpoint_dir=checkpoint_dir, config=config_dict(learner.enf, learner.cfg),
+                    checkpoint_dir=checkpoint_dir,
+                    config={**config_dict(learner.enf, learner.cfg), "data": fingerprint(images)},
                     checkpoint_every=checkpoint_every, log_every=log_every, logger=logger,
                     desc=desc)
 
@@ -147,7 +154,8 @@ LossFn = Callable[[nnx.Module, dict[str, Array], Array], tuple[Array, dict[str, 
 
 @struct.dataclass
 class TrainState:
-    """Parameters, optimiser state, EMA of the parameters (or ``None``) and steps taken."""
+    """Parameters, optimiser state, ``optax.ema`` state of the parameters (or ``None``) and
+    steps taken."""
 
     params: Any
     opt_state: Any
@@ -190,9 +198,11 @@ def train_model(
       loss_fn: ``(model, batch, key) -> (loss, metrics)``; ``batch`` holds ``batch_size`` rows of
         every array in ``data``; ``key`` is fresh each step (augmentation, dropout, noise).
       data: arrays with a common leading axis ``M``; moved to the device once.
-      ema_decay: also keep ``ema = decay * ema + (1 - decay) * params``; the returned model
-        then carries the EMA weights.
-      checkpoint_dir, config: checkpoint, resume and skip as in :func:`run_loop`.
+      ema_decay: also keep a debiased exponential moving average of the parameters
+        (``optax.ema``: the initial weights get no weight at all, however slow the decay); the
+        returned model then carries the EMA weights.
+      checkpoint_dir, config: checkpoint, resume and skip as in :func:`run_loop` (the
+        checkpoint is also keyed by a fingerprint of ``data`` and by ``key``).
 
     Returns:
       The trained model (EMA weights when ``ema_decay`` is set) and the logger.
@@ -207,6 +217,7 @@ def train_model(
         raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     device_data = {name: jnp.asarray(a) for name, a in data.items()}
+    ema_tx = optax.ema(ema_decay, debias=True) if ema_decay is not None else None
 
     def loss(p: Any, batch: dict[str, Array], k: Array) -> tuple[Array, dict[str, Array]]:
         return loss_fn(nnx.merge(graphdef, p, rest), batch, k)
@@ -214,22 +225,25 @@ def train_model(
     @jax.jit
     def step_fn(state: TrainState, data: dict[str, Array], key: Array
                 ) -> tuple[TrainState, dict[str, Array]]:
-        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
-        idx = epoch_batch(k_batch, state.step, num, batch_size)
+        # The epochs' permutations come from one key for the whole run; the loss gets a new
+        # key every step.
+        k_epochs, k_steps = jax.random.split(key)
+        idx = epoch_batch(k_epochs, state.step, num, batch_size)
         batch = {name: a[idx] for name, a in data.items()}
+        k_loss = jax.random.fold_in(k_steps, state.step)
         (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, k_loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = state.ema
-        if ema_decay is not None:
-            ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        ema = state.ema if ema_tx is None else ema_tx.update(params, state.ema)[1]
         return TrainState(params, opt_state, ema, state.step + 1), {"loss": value, **metrics}
 
-    ema0 = jax.tree.map(jnp.copy, params) if ema_decay is not None else None
+    ema0 = ema_tx.init(params) if ema_tx is not None else None
     state = TrainState(params, optimizer.init(params), ema0, jnp.zeros((), jnp.int32))
     state, logger = run_loop(lambda s, k: step_fn(s, device_data, k), state, steps=steps, key=key,
-                             checkpoint_dir=checkpoint_dir, config=config,
+                             checkpoint_dir=checkpoint_dir,
+                             config={**(config or {}), "data": fingerprint(*data.values())},
                              checkpoint_every=checkpoint_every, log_every=log_every,
                              logger=logger, desc=desc)
-    final = state.ema if ema_decay is not None else state.params
+    final = state.params if ema_tx is None else optax.tree_utils.tree_bias_correction(
+        state.ema.ema, ema_decay, state.ema.count)
     return nnx.merge(graphdef, final, rest), logger

@@ -59,6 +59,24 @@ def test_restoring_under_another_configuration_is_refused(tmp_path):
         Checkpointer(tmp_path, config=config_dict(other, FIT))
 
 
+def test_a_config_with_tuples_resumes(tmp_path):
+    Checkpointer(tmp_path, config={"clip": (1e-6, 1e3)}).close()
+    Checkpointer(tmp_path, config={"clip": (1e-6, 1e3)}).close()   # the saved JSON has a list
+
+
+def test_meta_train_refuses_a_checkpoint_of_another_key_or_other_data(tmp_path):
+    images = shapes_dataset(16, 16)
+    lrn = MetaLearner(TINY, FIT, (16, 16))
+    train = lambda data, key: meta_train(lrn, lrn.init(jax.random.key(0)), data, steps=1,
+                                         key=key, checkpoint_dir=tmp_path)
+    train(images, jax.random.key(1))
+    with pytest.raises(ValueError, match="another configuration"):
+        train(images, jax.random.key(2))
+    with pytest.raises(ValueError, match="another configuration"):
+        train(images[::-1].copy(), jax.random.key(1))
+    train(images.copy(), jax.random.key(1))           # the same data and key: skipped
+
+
 def test_restore_without_checkpoint_raises(tmp_path):
     with Checkpointer(tmp_path) as ckpt, pytest.raises(FileNotFoundError, match="no checkpoint"):
         ckpt.restore({"a": np.zeros(2)})

@@ -136,6 +136,52 @@ def test_train_model_fits_a_line_with_ema_and_resumes(tmp_path):
         train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y[:5]}, **kwargs)
 
 
+def test_train_model_sees_every_item_once_per_epoch():
+    seen = []
+
+    def loss_fn(model, batch, key):
+        jax.debug.callback(lambda i: seen.append(np.asarray(i)), batch["i"], ordered=True)
+        return jnp.mean(model(batch["x"]) ** 2), {}
+
+    data = {"x": np.zeros((12, 2), np.float32), "i": np.arange(12)}
+    train_model(Linear(nnx.Rngs(0)), loss_fn, data, steps=9, batch_size=4,
+                optimizer=optax.sgd(0.1), key=jax.random.key(0), log_every=1)
+    epochs = np.stack(seen).reshape(3, 12)          # 9 steps of 4 items: 3 epochs of 12
+    for epoch in epochs:
+        assert sorted(epoch.tolist()) == list(range(12))
+    assert not np.array_equal(epochs[0], epochs[1])  # a new permutation each epoch
+
+
+def test_train_model_refuses_a_checkpoint_of_other_data_or_another_key(tmp_path):
+    data = {"x": np.zeros((8, 2), np.float32)}
+    loss_fn = lambda model, batch, key: (jnp.mean(model(batch["x"]) ** 2), {})
+
+    def train(data, key):
+        return train_model(Linear(nnx.Rngs(0)), loss_fn, data, steps=2, batch_size=4,
+                           optimizer=optax.sgd(0.1), key=key, checkpoint_dir=tmp_path)
+
+    train(data, jax.random.key(0))
+    with pytest.raises(ValueError, match="another configuration"):
+        train({"x": np.ones((8, 2), np.float32)}, jax.random.key(0))
+    with pytest.raises(ValueError, match="another configuration"):
+        train(data, jax.random.key(1))
+
+
+class Scalar(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.zeros(()))
+
+
+def test_ema_is_debiased_so_a_constant_target_is_reached():
+    # One SGD step at rate 0.5 on (w - 3)^2 puts w at 3 for good. An EMA started at the initial
+    # w = 0 would still hold 99.8 % of it after 20 steps at decay 0.9999; a debiased one is 3.
+    loss_fn = lambda model, batch, key: ((model.w[...] - 3.0) ** 2, {})
+    model, _ = train_model(Scalar(), loss_fn, {"x": np.zeros((4, 1), np.float32)}, steps=20,
+                           batch_size=2, optimizer=optax.sgd(0.5), key=jax.random.key(0),
+                           ema_decay=0.9999)
+    np.testing.assert_allclose(model.w[...], 3.0, rtol=1e-3)
+
+
 def test_padded_batches_share_one_shape_and_cover_every_item():
     from enf_lib.batching import num_batches, padded_batches
 
