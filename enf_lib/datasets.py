@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from enf_lib._io import write_npz
+
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -477,17 +479,8 @@ def _is_cifar10_split(images: np.ndarray, labels: np.ndarray) -> bool:
 
 
 def _write_cache(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write ``images`` and ``labels`` to the npz ``path`` atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, images=images, labels=labels)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache file is not
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``images`` and ``labels`` to the npz ``path`` atomically."""
+    write_npz(path, images=images, labels=labels)
 
 
 def load_cifar10(

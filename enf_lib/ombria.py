@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -42,6 +41,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from enf_lib._io import write_npz
 from enf_lib.datasets import (
     CorruptDataError,
     DataNotFoundError,
@@ -303,16 +303,7 @@ def _read_cache(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _write_cache(path: pathlib.Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz(path, **arrays)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from enf_lib._io import write_text
+
 
 class MetricLogger:
     """Collects ``{name: [(step, value), ...]}`` and mirrors it to wandb when enabled.
@@ -47,9 +49,7 @@ class MetricLogger:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the history as JSON (atomically)."""
-        tmp = Path(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.history))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.history))
 
     def load(self, path: str | os.PathLike, up_to_step: int | None = None) -> None:
         """Replace the history by the one saved at ``path``, keeping entries up to ``up_to_step``."""

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -57,8 +58,10 @@ def test_cached_stage_computes_once_and_metrics_have_provenance(tmp_path):
         return {"x": np.arange(3)}
 
     run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+    run.use_data(np.arange(4))
     first = run.cached("stage", ("a", 1), compute)
     run2 = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+    run2.use_data(np.arange(4))
     again = run2.cached("stage", ("a", 1), compute)
     other = run2.cached("stage", ("a", 2), compute)
     assert len(calls) == 2 and np.array_equal(first["x"], again["x"])
@@ -92,6 +95,69 @@ def test_latent_arrays_round_trip_and_context_stats():
     np.testing.assert_allclose(stats.denormalize(stats.normalize(z)).context, z.context, rtol=1e-5)
     with pytest.raises(ValueError, match="NaN"):
         ContextStats.from_latents(z.replace(context=np.full((5, 4, 3), np.nan)))
+
+
+def test_stages_rerun_when_the_data_or_the_code_version_changes(tmp_path, monkeypatch):
+    import enf_lib.experiments.runner as runner
+
+    calls = []
+
+    def stage(data, version="v1", deps=("a",)):
+        monkeypatch.setattr(runner, "code_version", lambda: version)
+        run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+        run.use_data(data)
+        run.cached("stage", deps, lambda: calls.append(1) or {"x": np.arange(2)})
+        return run.stages["stage"]["reused"]
+
+    data = np.arange(6, dtype=np.uint8)
+    assert not stage(data)
+    assert stage(data.copy())                          # the same bytes: reused
+    assert not stage(data[::-1].copy())                # other data of the same shape
+    assert not stage(data.astype(np.int32))            # the same values, another dtype
+    assert not stage(data, version="v2")               # another code version
+    assert not stage(data, deps=("b",))                # another config
+    assert stage(data) and len(calls) == 5
+    with pytest.raises(RuntimeError, match="use_data"):
+        Run(tmp_path, "toy", "quick", Toy(), verbose=False).stage_dir("stage")
+
+
+def test_latents_stage_is_keyed_by_the_fit_batch_size(tmp_path):
+    from enf_lib.experiments.stages import fit_latents_stage
+    from enf_lib.synthetic import shapes_dataset
+    from test_fitting import learner
+
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    images = shapes_dataset(6, size=16, seed=0)
+    run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+    run.use_data(images)
+    z4, _ = fit_latents_stage(run, "latents", lrn, state, images, deps=(), seed=0, batch_size=4)
+    z6, _ = fit_latents_stage(run, "latents", lrn, state, images, deps=(), seed=0, batch_size=6)
+    assert not run.stages["latents"]["reused"]       # recomputed: chunks draw their own keys
+    assert not np.allclose(z4.context[4:], z6.context[4:])
+
+
+def test_a_run_folder_is_locked_against_a_second_process(tmp_path):
+    import subprocess
+    import sys
+
+    Run(tmp_path / "run", "toy", "quick", Toy(), verbose=False)
+    Run(tmp_path / "run", "toy", "quick", Toy(), verbose=False)   # this process: fine
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys; from enf_lib.experiments.runner import Run; "
+         "Run(sys.argv[1], 'toy', 'quick', {})", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0
+    assert f"is in use by pid {os.getpid()}" in other.stderr
+
+
+def test_cli_rejects_an_out_that_is_a_file_in_one_line(tmp_path, capsys):
+    file = tmp_path / "taken"
+    file.write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        main(["cifar10-classification", "--profile", "quick", "--out", str(file)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "is a file" in err and "Traceback" not in err
 
 
 def test_epoch_batches_cover_every_item_once_per_epoch():

@@ -8,7 +8,7 @@ import os
 import sys
 
 from enf_lib.experiments import EXPERIMENTS, make_config, run_experiment
-from enf_lib.experiments.runner import to_jsonable
+from enf_lib.experiments.runner import RunFolderError, to_jsonable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out DIR is required")
     if args.data_dir:
         os.environ["ENF_DATA_DIR"] = args.data_dir
-    metrics = run_experiment(args.task, args.profile, args.out, args.overrides)
+    try:
+        metrics = run_experiment(args.task, args.profile, args.out, args.overrides)
+    except RunFolderError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     # The short entries (the full record is in DIR/metrics.json).
     summary = {k: v for k, v in metrics.items()
                if k not in ("provenance", "stages") and len(json.dumps(v)) < 300}

@@ -164,6 +164,7 @@ def run(cfg: Config, run: Run) -> dict[str, Any]:
     """Every stage; writes ``metrics.json`` and figures into ``run.out`` and returns the metrics."""
     with run.stage("load_data"):
         data = load_data(cfg)
+    run.use_data(*data.values())
     n_train = len(data["x_train"])
     learner = MetaLearner(cfg.enf, cfg.fit, (32, 32))
     state, enf_log = meta_train_stage(run, learner, data["x_train"], steps=cfg.meta_steps,

@@ -462,6 +462,7 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     c = config
     train_images, train_labels = load_cifar10("train", limit=c.data.num_train)
     test_images, test_labels = load_cifar10("test", limit=c.data.num_test)
+    run.use_data(train_images, train_labels, test_images, test_labels)
     learner = MetaLearner(c.enf, c.fit, train_images.shape[1:3])
     data_id = ("cifar10", "train", c.data.num_train)
 

@@ -207,6 +207,10 @@ class Data:
     test_masks: np.ndarray
     test_ids: np.ndarray
 
+    def arrays(self) -> list[np.ndarray]:
+        """Every array of both splits (for :meth:`Run.use_data`)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
     def data_id(self, split: str) -> tuple[Any, ...]:
         """What identifies one split's tiles in the stage caches."""
         ids = getattr(self, f"{split}_ids")
@@ -483,6 +487,7 @@ def figure_latents(config: Config, data: Data, z_test: Latents) -> Figure:
 def run(config: Config, run: Run) -> dict[str, Any]:
     """Every stage, the figures and ``metrics.json``; returns the metrics."""
     data = load_data(config)
+    run.use_data(*data.arrays())
     learner, state, _ = train_reconstruction(run, config, data)
     latents = fit_latents(run, config, data, learner, state)
     z_test = latents["test"][0]

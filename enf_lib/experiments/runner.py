@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -23,9 +24,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from enf_lib.provenance import provenance
+from enf_lib._io import write_npz, write_text
+from enf_lib.provenance import code_version, fingerprint, provenance
 
 C = TypeVar("C")
+
+_LOCKS: dict[Path, Any] = {}   # run folders this process holds: resolved path -> open lock file
 
 
 # ------------------------------------------------------------------------------------------
@@ -107,11 +111,42 @@ def _replace_path(obj: Any, path: list[str], text: str, assignment: str) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
+class RunFolderError(RuntimeError):
+    """The run folder cannot be used: a file, not writable, or in use by another process."""
+
+
+def _lock(folder: Path) -> None:
+    """Hold ``folder/.lock`` for the rest of this process: a second process using the same run
+    folder at once (which would corrupt its checkpoints) gets a clear error instead."""
+    key = folder.resolve()
+    if key in _LOCKS:
+        return
+    try:
+        file = open(folder / ".lock", "a+")
+    except OSError as err:
+        raise RunFolderError(f"cannot write in the run folder {folder}: {err.strerror}") from None
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.seek(0)
+        owner = file.read().strip() or "?"
+        file.close()
+        raise RunFolderError(f"the run folder {folder} is in use by pid {owner}; wait for it, "
+                           "or use another --out") from None
+    file.seek(0)
+    file.truncate()
+    file.write(str(os.getpid()))
+    file.flush()
+    _LOCKS[key] = file
+
+
 class Run:
     """One run of an experiment in the folder ``out``.
 
     ``out/`` holds ``config.json`` (the config of the latest run), one folder per cached stage
-    (``<stage>-<digest>/``), ``figures/*.png`` and, at the end, ``metrics.json``.
+    (``<stage>-<digest>/``), ``figures/*.png`` and, at the end, ``metrics.json``. Every stage's
+    digest covers what its call site names (its config and the stages it reads) and, for all
+    stages alike, the code version and a fingerprint of the data (:meth:`use_data`).
 
     Args:
       out: the run folder (created).
@@ -124,10 +159,18 @@ class Run:
     def __init__(self, out: str | os.PathLike, experiment: str, profile: str, config: Any, *,
                  verbose: bool = True):
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise RunFolderError(f"the run folder {self.out} is a file") from None
+        except PermissionError as err:
+            raise RunFolderError(f"cannot create the run folder {self.out}: {err.strerror}") from None
+        _lock(self.out)
         self.experiment, self.profile, self.config = experiment, profile, config
         self.verbose = verbose
         self.stages: dict[str, dict[str, Any]] = {}
+        self.code_version = code_version()
+        self.data_id: str | None = None
         self._t0 = time.perf_counter()
         (self.out / "config.json").write_text(json.dumps(
             {"experiment": experiment, "profile": profile, "config": to_jsonable(config)},
@@ -137,13 +180,22 @@ class Run:
         if self.verbose:
             print(message, flush=True)
 
+    def use_data(self, *arrays: Any) -> None:
+        """Key every later stage by a fingerprint of ``arrays``, the data the run loaded (so
+        another copy of a data set, or other images, never reuses a stage)."""
+        self.data_id = fingerprint(*arrays)
+
     def stage_dir(self, name: str, *deps: Any) -> Path:
-        """The folder of stage ``name`` for dependencies ``deps`` (created, with ``deps.json``)."""
-        path = self.out / f"{name}-{digest(*deps)}"
+        """The folder of stage ``name`` for dependencies ``deps`` (created, with ``deps.json``);
+        its name also covers the code version and the data (:meth:`use_data` must come first)."""
+        if self.data_id is None:
+            raise RuntimeError("call run.use_data(...) with the loaded data before any stage")
+        keyed = (*deps, {"code_version": self.code_version, "data": self.data_id})
+        path = self.out / f"{name}-{digest(*keyed)}"
         path.mkdir(parents=True, exist_ok=True)
         deps_file = path / "deps.json"
         if not deps_file.exists():
-            deps_file.write_text(json.dumps(to_jsonable(deps), indent=2))
+            deps_file.write_text(json.dumps(to_jsonable(keyed), indent=2))
         return path
 
     @contextlib.contextmanager
@@ -181,10 +233,8 @@ class Run:
                 return arrays
             t0 = time.perf_counter()
             arrays = compute()
-            tmp = folder / "arrays.tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-            timing.write_text(json.dumps({"compute_time_s": round(time.perf_counter() - t0, 3)}))
+            write_npz(path, **arrays)
+            write_text(timing, json.dumps({"compute_time_s": round(time.perf_counter() - t0, 3)}))
             return arrays
 
     def save_figure(self, fig: Any, name: str) -> Path:

@@ -63,12 +63,13 @@ def fit_latents_stage(run: Run, name: str, learner: MetaLearner, state: MetaStat
     ``images`` with the frozen decoder.
 
     Cached in the run under ``name``, keyed by ``deps`` (they must identify the decoder, e.g.
-    its configs, training data, seed and steps, and the images), ``seed`` and ``score``.
+    its configs, training data, seed and steps, and the images), ``seed``, ``batch_size`` (each
+    chunk draws its own key) and ``score``.
     """
     def compute() -> dict[str, np.ndarray]:
         z, scores = learner.fit_dataset(state, images, jax.random.key(seed), batch_size=batch_size,
                                         score=score, desc=f"{name} ({run.experiment})")
         return {**latents_to_arrays(z), **({"psnr": scores} if score else {})}
 
-    arrays = run.cached(name, (*deps, seed, score), compute)
+    arrays = run.cached(name, (*deps, seed, batch_size, score), compute)
     return latents_from_arrays(arrays), arrays.get("psnr")
