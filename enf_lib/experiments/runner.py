@@ -132,7 +132,7 @@ def _lock(folder: Path) -> None:
         owner = file.read().strip() or "?"
         file.close()
         raise RunFolderError(f"the run folder {folder} is in use by pid {owner}; wait for it, "
-                           "or use another --out") from None
+                             "or use another --out") from None
     file.seek(0)
     file.truncate()
     file.write(str(os.getpid()))
