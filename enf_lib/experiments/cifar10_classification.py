@@ -80,7 +80,8 @@ PROFILES: dict[str, Config] = {
     # 2 CPU cores, a few minutes: a small ENF, a tenth of the training set. Second order with
     # 256 of the 1,024 pixels per inner step and all of them in the outer loss. At the former
     # profile's run time it beats 500 first-order steps on 256/512-pixel subsets (test PSNR 22.1
-    # against 19.4 dB, 40.9/40.1 % against 37.2/33.8 %); benchmarks/README.md.
+    # against 19.4 dB, 40.9/40.1 % against 37.2/33.8 %; 39.3/41.6 % once train_model's epochs
+    # were fixed); benchmarks/README.md.
     "quick": Config(
         enf=ENFConfig(num_latents=16, latent_dim=32, hidden_dim=64, att_dim=32, num_heads=2,
                       num_freqs=32),
