@@ -210,7 +210,15 @@ class MetaLearner:
         return grads, loss
 
     def _train_step(self, state: MetaState, data: Array, key: Array) -> tuple[MetaState, dict[str, Array]]:
-        """One outer step on a random batch of ``data (M, H, W, C)`` (on the device)."""
+        """One outer step on a random batch of ``data (M, H, W, C)``: float in [0, 1], on the
+        device (:func:`check_images` makes it so; its dtype and shape are checked here when the
+        step compiles, its values are not)."""
+        if not jnp.issubdtype(data.dtype, jnp.floating):
+            raise TypeError(f"train_step needs float images in [0, 1], got {data.dtype} "
+                            "(pass check_images(images, ...), which scales uint8 by 1/255)")
+        if data.ndim != 4 or data.shape[1:] != (*self.image_shape, self.enf.num_out):
+            raise ValueError(f"train_step needs images (M, {self.image_shape[0]}, "
+                             f"{self.image_shape[1]}, {self.enf.num_out}), got {data.shape}")
         k_batch, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
         targets = self._batch(data, k_batch)
         grads, loss = self._outer_grads(state, targets, k_loss)

@@ -177,6 +177,15 @@ def test_bad_images_get_clear_errors():
     assert float(scaled.max()) == 1.0
 
 
+def test_train_step_refuses_uint8_or_misshapen_data(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    with pytest.raises(TypeError, match="float images"):
+        lrn.train_step(state, jnp.asarray(images * 255, jnp.uint8), jax.random.key(1))
+    with pytest.raises(ValueError, match="needs images"):
+        lrn.train_step(lrn.init(jax.random.key(0)), jnp.asarray(images[:, :8]), jax.random.key(1))
+
+
 def test_meta_train_refuses_too_few_images(images):
     with pytest.raises(ValueError, match="fewer than batch_size"):
         meta_train(learner(), learner().init(jax.random.key(0)), images[:4], steps=1,
