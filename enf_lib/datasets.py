@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from enf_lib._io import write_npz
+from enf_lib._io import remove_stale, write_npz
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -135,7 +135,9 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> pa
     are not zips or fail their CRC checks (:meth:`zipfile.ZipFile.testzip`) raise
     :class:`CorruptDataError`. The members are extracted into a temporary sibling folder that is
     renamed to ``dest`` when complete (with a marker file inside), so an interrupted extraction
-    never leaves a half-filled ``dest``. A completed ``dest`` is returned as is.
+    never leaves a half-filled ``dest``; such temporary folders left by a killed process are
+    removed after an hour (:func:`enf_lib._io.remove_stale`). A completed ``dest`` is returned
+    as is.
 
     Raises:
       CorruptDataError: the zip is broken or has an unsafe member.
@@ -161,6 +163,7 @@ def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> pa
                     "Download or copy the zip again."
                 )
             dest.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(dest.parent, f".{dest.name}.partial-")
             partial = pathlib.Path(
                 tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent)
             )

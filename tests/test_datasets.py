@@ -250,6 +250,28 @@ def test_safe_extract_zip_interrupted_leaves_nothing(tmp_path: Path, monkeypatch
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_leftovers_of_a_killed_writer_are_removed_after_an_hour(tmp_path: Path) -> None:
+    from enf_lib._io import write_npz
+
+    zip_path = _zip_with_member(tmp_path / "a.zip", "x.txt")
+    out = tmp_path / "out"
+    old_dir, new_dir = out / ".dest.partial-old", out / ".dest.partial-new"
+    old_tmp, new_tmp = out / ".c.npz.old.tmp", out / ".c.npz.new.tmp"
+    for folder in (old_dir, new_dir):
+        folder.mkdir(parents=True)
+        (folder / "half.txt").write_text("half")
+    for file in (old_tmp, new_tmp):
+        file.write_bytes(b"x" * 100)
+    two_hours_ago = os.path.getmtime(new_tmp) - 7200
+    for entry in (old_dir, old_tmp):
+        os.utime(entry, (two_hours_ago, two_hours_ago))
+    safe_extract_zip(zip_path, out / "dest")
+    write_npz(out / "c.npz", a=np.zeros(2))
+    # The old ones go; the recent ones may belong to a writer still at work, and stay.
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["dest", "c.npz", new_dir.name, new_tmp.name])
+
+
 @pytest.mark.parametrize(
     "name",
     ["../evil.txt", "good/../../evil.txt", "..\\evil.txt", "ABSOLUTE", "C:/evil.txt", "c:evil.txt"],
