@@ -42,6 +42,7 @@ def run_loop(
     key: Array,
     checkpoint_dir: str | os.PathLike | None = None,
     config: dict[str, Any] | None = None,
+    data: Any = None,
     checkpoint_every: int = 500,
     log_every: int = 10,
     logger: MetricLogger | None = None,
@@ -51,9 +52,9 @@ def run_loop(
 
     ``step_fn`` must be jitted and must fold ``state.step`` into ``key`` itself, so that a
     resumed run draws exactly the batches an uninterrupted one would. With ``checkpoint_dir``,
-    the newest checkpoint is restored first (refused if it was made with another ``config`` or
-    ``key``, or went beyond ``steps``; nothing to do when it reached ``steps``) and the state is
-    saved every
+    the newest checkpoint is restored first (refused if it was made with another ``config``,
+    ``key`` or ``data``, the arrays ``step_fn`` trains on, compared by fingerprint; or if it went
+    beyond ``steps``; nothing to do when it reached ``steps``) and the state is saved every
     ``checkpoint_every`` steps and at the end, with the history as ``history.json`` beside it.
 
     Returns the final state and the logger (metrics per logged step, and this call's
@@ -66,8 +67,9 @@ def run_loop(
     if checkpoint_dir is not None:
         raw_key = jax.random.key_data(key) if jax.dtypes.issubdtype(
             key.dtype, jax.dtypes.prng_key) else key
-        ckpt = Checkpointer(checkpoint_dir, config={**(config or {}),
-                                                    "key": np.asarray(raw_key).tolist()})
+        ckpt = Checkpointer(checkpoint_dir, config={
+            **(config or {}), "key": np.asarray(raw_key).tolist(),
+            "data": fingerprint(*jax.tree.leaves(data))})
         history = Path(checkpoint_dir) / "history.json"
         latest = ckpt.latest_step()
         if latest is not None and latest > steps:
@@ -138,10 +140,9 @@ def meta_train(
     if data.shape[0] < learner.cfg.batch_size:
         raise ValueError(f"{data.shape[0]} images are fewer than batch_size={learner.cfg.batch_size}")
     return run_loop(lambda s, k: learner.train_step(s, data, k), state, steps=steps, key=key,
-                    checkpoint_dir=checkpoint_dir,
-                    config={**config_dict(learner.enf, learner.cfg), "data": fingerprint(images)},
-                    checkpoint_every=checkpoint_every, log_every=log_every, logger=logger,
-                    desc=desc)
+                    checkpoint_dir=checkpoint_dir, config=config_dict(learner.enf, learner.cfg),
+                    data=images, checkpoint_every=checkpoint_every, log_every=log_every,
+                    logger=logger, desc=desc)
 
 
 # ------------------------------------------------------------------------------------------
@@ -240,8 +241,7 @@ def train_model(
     ema0 = ema_tx.init(params) if ema_tx is not None else None
     state = TrainState(params, optimizer.init(params), ema0, jnp.zeros((), jnp.int32))
     state, logger = run_loop(lambda s, k: step_fn(s, device_data, k), state, steps=steps, key=key,
-                             checkpoint_dir=checkpoint_dir,
-                             config={**(config or {}), "data": fingerprint(*data.values())},
+                             checkpoint_dir=checkpoint_dir, config=config, data=data,
                              checkpoint_every=checkpoint_every, log_every=log_every,
                              logger=logger, desc=desc)
     final = state.params if ema_tx is None else optax.tree_utils.tree_bias_correction(
