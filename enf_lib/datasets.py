@@ -7,11 +7,13 @@
    ``cifar10/{train,test}/<class>/*.jpg|png`` (or one folder deeper), or as the official python
    version ``cifar-10-batches-py/`` (directly in the data folder or under ``cifar10/``);
 2. in the cache, from an earlier official download: ``cache_dir()/cifar10/cifar-10-batches-py``;
-3. as the official download via the optional ``torchvision`` (``download=True``, needs internet).
+3. as the official download (``download=True``, needs internet): the archive :data:`CIFAR10_URL`
+   (163 MiB), checked against its md5, safely extracted into the cache, then deleted.
 
 The data folder is only ever read (it may be read-only): zips are extracted into
-``cache_dir()/extracted``, and every decoded split is cached as
-``cache_dir()/cifar10/<source-key>-<split>.npz``, so the second call is fast.
+``cache_dir()/extracted`` (checked and bounded first, see :func:`safe_extract_zip`), and every
+decoded split is cached as ``cache_dir()/cifar10/<source-key>-<split>.npz``, so the second call
+is fast.
 
 Image-folder sources are returned *interleaved* (image ``i`` has label ``i % 10``), so any prefix
 is class-balanced; the official pickles keep their official (already shuffled) order.
@@ -19,48 +21,57 @@ is class-balanced; the official pickles keep their official (already shuffled) o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import pickle
 import re
-import shutil
-import stat
-import tempfile
-import zipfile
-import zlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from enf_lib._io import remove_stale, write_npz
+from enf_lib._io import (
+    CorruptDataError,
+    DataNotFoundError,
+    check_md5,
+    digest,
+    download_file,
+    env_data_dir,
+    file_stamp,
+    not_found_message,
+    read_npz,
+    safe_extract_tar,
+    safe_extract_zip,
+    tree_stamp,
+    write_npz,
+)
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 """CIFAR-10 class names in the official label order (label ``k`` is ``CIFAR10_CLASSES[k]``)."""
 
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+"""The official CIFAR-10 python version (170,498,071 bytes), downloaded when no copy exists."""
+
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+"""The md5 of :data:`CIFAR10_URL`'s archive, checked before it is extracted."""
+
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 """File suffixes (case-insensitive) that :func:`read_image_folder` reads."""
 
-_EXTRACTED_MARKER = ".enf_extract_complete"
 _SPLITS = ("train", "test")
 _CIFAR10_SHAPE = (32, 32, 3)
+_OFFICIAL_FOLDER = "cifar-10-batches-py"
 _OFFICIAL_BATCHES = {
     "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
     "test": ("test_batch",),
 }
+_OFFICIAL_FILES = (*_OFFICIAL_BATCHES["train"], *_OFFICIAL_BATCHES["test"], "batches.meta",
+                   "readme.html")
+"""Every file of the official archive's ``cifar-10-batches-py/``: nothing else is extracted."""
 
 _Arrays = tuple[np.ndarray, np.ndarray]
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A data set is nowhere to be found; the message says how to get it."""
-
-
-class CorruptDataError(ValueError):
-    """Data found but unusable: broken zip, CRC failure, unexpected contents or a bad image."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,17 +79,12 @@ class CorruptDataError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _data_dir_from_env() -> pathlib.Path | None:
-    value = os.environ.get("ENF_DATA_DIR", "")
-    return pathlib.Path(value).expanduser() if value else None
-
-
 def data_dir() -> pathlib.Path | None:
     """The folder named by the environment variable ``ENF_DATA_DIR``, or ``None`` if unset.
 
     It may be read-only: nothing in this module ever writes into it.
     """
-    return _data_dir_from_env()
+    return env_data_dir()
 
 
 def cache_dir() -> pathlib.Path:
@@ -94,94 +100,6 @@ def cache_dir() -> pathlib.Path:
         path = base / "enf_lib"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _digest(*parts: object) -> str:
-    """A short, stable hex digest of ``parts`` (for cache keys)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
-
-
-# --------------------------------------------------------------------------------------------
-# Safe zip extraction
-# --------------------------------------------------------------------------------------------
-
-
-def _check_zip_member(info: zipfile.ZipInfo, root: pathlib.Path, zip_path: pathlib.Path) -> None:
-    """Raise :class:`CorruptDataError` unless ``info`` is a plain file or folder inside ``root``."""
-    name = info.filename
-    problem = None
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        problem = "has an absolute path or a drive letter"
-    elif ".." in re.split(r"[\\/]", name):
-        problem = "has a '..' path component"
-    elif os.path.commonpath([root, os.path.normpath(root / name)]) != str(root):
-        problem = "resolves outside the destination"
-    elif stat.S_ISLNK(info.external_attr >> 16):
-        problem = "is a symbolic link"
-    elif pathlib.PurePosixPath(name).name == _EXTRACTED_MARKER:
-        problem = f"uses the reserved name {_EXTRACTED_MARKER}"
-    if problem:
-        raise CorruptDataError(
-            f"refusing to extract {zip_path}: member {name!r} {problem}. "
-            "Only use zips from a trusted source; re-create the zip with relative paths."
-        )
-
-
-def safe_extract_zip(zip_path: str | os.PathLike, dest: str | os.PathLike) -> pathlib.Path:
-    """Extract the zip ``zip_path`` into the folder ``dest`` safely, and return ``dest``.
-
-    Before anything is written, the whole zip is checked: members with absolute paths, drive
-    letters, ``..`` components or paths resolving outside ``dest``, symbolic links, and zips that
-    are not zips or fail their CRC checks (:meth:`zipfile.ZipFile.testzip`) raise
-    :class:`CorruptDataError`. The members are extracted into a temporary sibling folder that is
-    renamed to ``dest`` when complete (with a marker file inside), so an interrupted extraction
-    never leaves a half-filled ``dest``; such temporary folders left by a killed process are
-    removed after an hour (:func:`enf_lib._io.remove_stale`). A completed ``dest`` is returned
-    as is.
-
-    Raises:
-      CorruptDataError: the zip is broken or has an unsafe member.
-      FileExistsError: ``dest`` exists but is not a completed extraction by this function.
-    """
-    zip_path, dest = pathlib.Path(zip_path), pathlib.Path(dest)
-    if (dest / _EXTRACTED_MARKER).is_file():
-        return dest
-    if dest.exists():
-        raise FileExistsError(
-            f"{dest} exists but is not a completed extraction (no {_EXTRACTED_MARKER} inside); "
-            "remove it or choose another destination."
-        )
-    root = dest.resolve()
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
-            for info in zf.infolist():
-                _check_zip_member(info, root, zip_path)
-            bad_member = zf.testzip()
-            if bad_member is not None:
-                raise CorruptDataError(
-                    f"{zip_path} is corrupt: member {bad_member!r} fails its CRC check. "
-                    "Download or copy the zip again."
-                )
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            remove_stale(dest.parent, f".{dest.name}.partial-")
-            partial = pathlib.Path(
-                tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent)
-            )
-            try:
-                zf.extractall(partial)
-                (partial / _EXTRACTED_MARKER).touch()
-                partial.chmod(0o755)  # mkdtemp makes it private; the extracted data is not
-                os.rename(partial, dest)
-            except BaseException:
-                shutil.rmtree(partial, ignore_errors=True)
-                if (dest / _EXTRACTED_MARKER).is_file():  # another process finished first
-                    return dest
-                raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise CorruptDataError(
-            f"{zip_path} is not a readable zip ({err}). Download or copy the zip again."
-        ) from err
-    return dest
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,26 +291,29 @@ def _read_official_batches(folder: pathlib.Path, split: str) -> _Arrays:
     return images, np.concatenate([b[1] for b in batches])
 
 
-def _download_official(split: str, download: bool, looked: str) -> _Arrays:
-    """The official CIFAR-10 via ``torchvision`` (downloads into the cache; verifies md5 sums).
+def _official_folder(download: bool, looked: str) -> pathlib.Path:
+    """The official ``cifar-10-batches-py/`` in the cache, downloaded first if missing.
 
+    The archive :data:`CIFAR10_URL` is kept only if its md5 is :data:`CIFAR10_MD5`, then only
+    its official files are extracted (:func:`enf_lib._io.safe_extract_tar`), and it is deleted.
     ``looked`` says where local copies were looked for (for the error message).
     """
+    folder = cache_dir() / "cifar10" / _OFFICIAL_FOLDER
+    if folder.is_dir():
+        return folder
     if not download:
         raise DataNotFoundError(_not_found_message(f"{looked}; download=False"))
+    archive = folder.with_name("cifar-10-python.tar.gz")
     try:
-        from torchvision.datasets import CIFAR10
-    except ImportError as err:
-        raise DataNotFoundError(
-            _not_found_message(f"{looked}; torchvision, needed to download, is not installed")
-        ) from err
-    root = cache_dir() / "cifar10"
-    try:
-        ds = CIFAR10(root=root, train=(split == "train"), download=True)
-    except (OSError, RuntimeError) as err:
-        reason = f"the download into {root} failed: {err}"
+        download_file(CIFAR10_URL, archive, desc="downloading CIFAR-10",
+                      check=lambda path, name: check_md5(path, name, CIFAR10_MD5))
+    except OSError as err:
+        reason = f"downloading {CIFAR10_URL} failed: {err}"
         raise DataNotFoundError(_not_found_message(reason)) from err
-    return np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
+    try:
+        return safe_extract_tar(archive, folder, _OFFICIAL_FOLDER, _OFFICIAL_FILES)
+    finally:
+        archive.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,32 +322,16 @@ def _download_official(split: str, download: bool, looked: str) -> _Arrays:
 
 
 def _not_found_message(reason: str) -> str:
-    return (
-        f"CIFAR-10 not found ({reason}). Either\n"
-        "  * set the environment variable ENF_DATA_DIR (or pass data_dir=) to a folder holding a "
-        "CIFAR-10 copy in one of these layouts:\n"
+    layouts = (
         "      cifar10/<name>.zip   (a zip of [<folder>/]{train,test}/<class>/<images>)\n"
         "      cifar10/[<folder>/]{train,test}/{airplane,...,truck}/*.png|jpg\n"
-        "      [cifar10/]cifar-10-batches-py/   (the official python version)\n"
-        '  * or pip install "enf_lib[torchvision]" and call load_cifar10(download=True) with '
-        "internet access."
+        "      [cifar10/]cifar-10-batches-py/   (the official python version)"
     )
-
-
-def _file_stamp(path: pathlib.Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _tree_stamp(folder: pathlib.Path) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of every file under ``folder``, sorted, for cache keys."""
-    stamps = []
-    for dirpath, _, filenames in os.walk(folder, followlinks=True):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            st = os.stat(path)
-            stamps.append((path, st.st_size, st.st_mtime_ns))
-    return sorted(stamps)
+    return not_found_message(
+        "CIFAR-10", reason, layouts,
+        f"call load_cifar10(download=True) with internet access (downloads {CIFAR10_URL}, "
+        "163 MiB, into the cache).",
+    )
 
 
 def _local_cifar10_source(
@@ -437,7 +342,7 @@ def _local_cifar10_source(
     zips = sorted(base.glob("*.zip")) if base.is_dir() else []
     if zips:
         zip_path = zips[0]
-        key = f"{zip_path.stem}-{_digest(*_file_stamp(zip_path))}"
+        key = f"{zip_path.stem}-{digest(*file_stamp(zip_path))}"
 
         def load_zip() -> _Arrays:
             extracted = safe_extract_zip(zip_path, cache_dir() / "extracted" / key)
@@ -452,24 +357,14 @@ def _local_cifar10_source(
         return key, load_zip
     parent = _find_split_parent(base) if base.is_dir() else None
     if parent is not None:
-        key = f"folder-{_digest(str(parent.resolve()), _tree_stamp(parent / split))}"
+        key = f"folder-{digest(str(parent.resolve()), tree_stamp(parent / split))}"
         return key, lambda: _read_cifar10_folder(parent, split)
-    for batches in (root / "cifar-10-batches-py", base / "cifar-10-batches-py"):
+    for batches in (root / _OFFICIAL_FOLDER, base / _OFFICIAL_FOLDER):
         if batches.is_dir():
-            stamps = [_file_stamp(p) for p in sorted(batches.iterdir()) if p.is_file()]
-            key = f"batches-{_digest(str(batches.resolve()), stamps)}"
+            stamps = [file_stamp(p) for p in sorted(batches.iterdir()) if p.is_file()]
+            key = f"batches-{digest(str(batches.resolve()), stamps)}"
             return key, lambda: _read_official_batches(batches, split)
     return None
-
-
-def _read_cache(path: pathlib.Path) -> _Arrays | None:
-    """The arrays in a cached npz, or ``None`` if it is missing or not a valid CIFAR-10 split."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            images, labels = npz["images"], npz["labels"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
-    return (images, labels) if _is_cifar10_split(images, labels) else None
 
 
 def _is_cifar10_split(images: np.ndarray, labels: np.ndarray) -> bool:
@@ -479,11 +374,6 @@ def _is_cifar10_split(images: np.ndarray, labels: np.ndarray) -> bool:
         and labels.dtype == np.int64 and labels.shape == (len(images),) and len(images) > 0
         and labels.min() >= 0 and labels.max() < len(CIFAR10_CLASSES)
     )
-
-
-def _write_cache(path: pathlib.Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write ``images`` and ``labels`` to the npz ``path`` atomically."""
-    write_npz(path, images=images, labels=labels)
 
 
 def load_cifar10(
@@ -503,7 +393,7 @@ def load_cifar10(
       limit: return only the first ``limit`` images. Image-folder copies are interleaved by class,
         so the prefix is class-balanced; the official pickles keep their (shuffled) order.
       data_dir: the data folder to look in; default: ``ENF_DATA_DIR``. Never written to.
-      download: if no local copy exists, download the official data with ``torchvision``.
+      download: if no local copy exists, download the official archive (md5-checked).
 
     Raises:
       ValueError: unknown ``split``, or ``limit`` not in ``1..N``.
@@ -516,28 +406,25 @@ def load_cifar10(
         raise ValueError(f"limit must be a positive number of images, got {limit}")
     if data_dir is not None and not pathlib.Path(data_dir).is_dir():
         raise DataNotFoundError(_not_found_message(f"data_dir={str(data_dir)!r} is not a folder"))
-    root = pathlib.Path(data_dir) if data_dir is not None else _data_dir_from_env()
+    root = pathlib.Path(data_dir) if data_dir is not None else env_data_dir()
 
     source = _local_cifar10_source(root, split) if root is not None and root.is_dir() else None
     if source is None:
-        official = cache_dir() / "cifar10" / "cifar-10-batches-py"
-        if official.is_dir():
-            source = "official", lambda: _read_official_batches(official, split)
-        else:
-            looked = f"no copy in the data folder {str(root)!r}" if root else "ENF_DATA_DIR unset"
-            source = "official", lambda: _download_official(split, download, looked)
+        looked = f"no copy in the data folder {str(root)!r}" if root else "ENF_DATA_DIR unset"
+        source = "official", lambda: _read_official_batches(
+            _official_folder(download, looked), split)
 
     key, load = source
     cache_path = cache_dir() / "cifar10" / f"{key}-{split}.npz"
-    cached = _read_cache(cache_path)
-    if cached is None:
+    cached = read_npz(cache_path, ("images", "labels"))
+    if cached is None or not _is_cifar10_split(*cached):
         cached = load()
         if not _is_cifar10_split(*cached):
             raise CorruptDataError(
                 f"the CIFAR-10 {split} split from {key!r} has unexpected arrays: images "
                 f"{cached[0].dtype} {cached[0].shape}, labels {cached[1].dtype} {cached[1].shape}"
             )
-        _write_cache(cache_path, *cached)
+        write_npz(cache_path, images=cached[0], labels=cached[1])
     images, labels = cached
 
     if limit is not None:

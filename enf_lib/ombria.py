@@ -23,8 +23,9 @@ groups :data:`CHANNEL_GROUPS`. It looks for the data, in order,
 3. as a download of the repository archive :data:`OMBRIA_URL` (about 200 MB, ``download=True``).
 
 Only ``OmbriaS{1,2}/{train,test}/{BEFORE,AFTER,MASK}/S{1,2}_{before,after,mask}_NNNN.png`` are
-read (other files, such as the archive's ``2021/`` folder, are ignored). A subset of the tiles is
-fine, but the ids must match across the six folders of a split. Decoded splits are cached as
+read (files elsewhere, such as the archive's ``2021/`` folder, are ignored; any other file in
+these folders, or one that is not really a PNG, is an error). A subset of the tiles is fine, but
+the ids must match across the six folders of a split. Decoded splits are cached as
 ``cache_dir()/ombria/<source-key>-<split>.npz``.
 """
 
@@ -33,25 +34,25 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import urllib.error
-import urllib.request
-import zipfile
-import zlib
 
 import numpy as np
 from PIL import Image
 
-from enf_lib._io import write_npz
-from enf_lib.datasets import (
+from enf_lib._io import (
     CorruptDataError,
     DataNotFoundError,
-    _data_dir_from_env,
-    _digest,
-    _file_stamp,
-    _tree_stamp,
-    cache_dir,
+    check_zip,
+    digest,
+    download_file,
+    env_data_dir,
+    file_stamp,
+    not_found_message,
+    read_npz,
     safe_extract_zip,
+    tree_stamp,
+    write_npz,
 )
+from enf_lib.datasets import cache_dir
 from enf_lib.progress import progress
 
 OMBRIA_URL = "https://github.com/geodrak/OMBRIA/archive/refs/heads/master.zip"
@@ -81,70 +82,19 @@ _SPLITS = ("train", "test")
 _SENSORS = {"S1": "L", "S2": "RGB"}            # sensor -> PIL mode of its before/after images
 _KINDS = ("before", "after", "mask")
 _DOWNLOAD_NAME = "OMBRIA-master.zip"
-_CHUNK = 1 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# Download
-# --------------------------------------------------------------------------------------------
-
-
-def download_file(url: str, dest: str | os.PathLike, *, desc: str = "downloading") -> pathlib.Path:
-    """Download ``url`` to ``dest`` as a zip, streamed in 1 MiB chunks with a progress bar.
-
-    The bytes go to ``dest.part`` first; only a complete file that is a readable zip (every
-    member passes its CRC check) is renamed to ``dest``. Nothing is held in memory.
-
-    Raises:
-      DataNotFoundError: the download failed (offline, HTTP error); the message says what to do.
-      CorruptDataError: the downloaded file is truncated or not a valid zip.
-    """
-    dest = pathlib.Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as file:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length else None
-            with progress(total=total, desc=desc, unit="B", unit_scale=True) as bar:
-                while chunk := response.read(_CHUNK):
-                    file.write(chunk)
-                    bar.update(len(chunk))
-        if total is not None and part.stat().st_size != total:
-            raise CorruptDataError(f"download of {url} is truncated: {part.stat().st_size} of "
-                                   f"{total} bytes. Try again.")
-        _check_zip(part, url)
-    except (urllib.error.URLError, OSError) as err:
-        part.unlink(missing_ok=True)
-        raise DataNotFoundError(_not_found_message(f"downloading {url} failed: {err}")) from err
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, dest)
-    return dest
-
-
-def _check_zip(path: pathlib.Path, origin: str) -> None:
-    """Raise :class:`CorruptDataError` unless ``path`` is a zip whose members pass their CRCs."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-        raise CorruptDataError(f"{origin} did not give a valid zip ({err}). Try again.") from err
-    if bad is not None:
-        raise CorruptDataError(f"{origin}: member {bad!r} of the zip fails its CRC check. "
-                               "Try again.")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _not_found_message(reason: str) -> str:
-    return (
-        f"OMBRIA not found ({reason}). Either\n"
-        "  * set the environment variable ENF_DATA_DIR (or pass data_dir=) to a folder holding\n"
+    layouts = (
         "      ombria/<name>.zip   (the archive of github.com/geodrak/OMBRIA, or a subset with\n"
-        "                           the same layout), or the extracted tree\n"
-        "      ombria/[<folder>/]OmbriaS1/, OmbriaS2/\n"
-        f"  * or call load_ombria(download=True) with internet access (downloads {OMBRIA_URL},\n"
-        "    about 200 MB, into the cache)."
+        "                           the same layout)\n"
+        "      ombria/[<folder>/]OmbriaS1/, OmbriaS2/   (the extracted tree)"
+    )
+    return not_found_message(
+        "OMBRIA", reason, layouts,
+        f"call load_ombria(download=True) with internet access (downloads {OMBRIA_URL},\n"
+        "    about 200 MB, into the cache).",
     )
 
 
@@ -173,18 +123,18 @@ def _folder(root: pathlib.Path, sensor: str, split: str, kind: str) -> pathlib.P
 
 
 def _ids_in(folder: pathlib.Path, sensor: str, kind: str) -> set[str]:
-    """Tile ids of the PNGs in ``folder``; any other PNG name is an error."""
+    """Tile ids of the PNGs in ``folder``; any other (non-hidden) entry is an error."""
     if not folder.is_dir():
         raise CorruptDataError(f"OMBRIA folder {folder} is missing")
     pattern = re.compile(rf"{sensor}_{kind}_(\d+)\.png")
     ids = set()
     for name in os.listdir(folder):
-        if name.startswith(".") or not name.lower().endswith(".png"):
+        if name.startswith("."):
             continue
         match = pattern.fullmatch(name)
         if match is None:
-            raise CorruptDataError(f"unexpected file {folder / name}: OMBRIA names are "
-                                   f"{sensor}_{kind}_NNNN.png")
+            raise CorruptDataError(f"unexpected file {folder / name}: OMBRIA folders hold only "
+                                   f"PNGs named {sensor}_{kind}_NNNN.png")
         ids.add(match.group(1))
     return ids
 
@@ -212,16 +162,21 @@ def tile_ids(root: pathlib.Path, split: str) -> list[str]:
 
 
 def _read_png(path: pathlib.Path, mode: str) -> np.ndarray:
-    """Decode ``path``, checking its size (256x256) and PIL mode."""
+    """Decode ``path``, checking that it is a PNG, its size (256x256) and PIL mode."""
     try:
-        with Image.open(path) as image:
-            if image.size != (TILE_SIZE, TILE_SIZE):
-                raise CorruptDataError(f"{path} is {image.size[0]}x{image.size[1]} pixels "
-                                       "(width x height); "
-                                       f"OMBRIA tiles are {TILE_SIZE}x{TILE_SIZE}")
-            if image.mode != mode:
-                raise CorruptDataError(f"{path} has PIL mode {image.mode!r}, expected {mode!r}")
-            return np.asarray(image)
+        with open(path, "rb") as file:
+            if file.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+                raise CorruptDataError(f"{path} is not a PNG file (it lacks the PNG signature); "
+                                       "OMBRIA tiles are PNGs")
+            with Image.open(file, formats=["PNG"]) as image:
+                if image.size != (TILE_SIZE, TILE_SIZE):
+                    raise CorruptDataError(f"{path} is {image.size[0]}x{image.size[1]} pixels "
+                                           "(width x height); "
+                                           f"OMBRIA tiles are {TILE_SIZE}x{TILE_SIZE}")
+                if image.mode != mode:
+                    raise CorruptDataError(f"{path} has PIL mode {image.mode!r}, "
+                                           f"expected {mode!r}")
+                return np.asarray(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, CorruptDataError):
             raise
@@ -275,35 +230,34 @@ def _find_source(root: pathlib.Path | None, download: bool) -> tuple[str, pathli
         base = root / "ombria"
         zips = sorted(base.glob("*.zip"))
         if zips:
-            return f"{zips[0].stem}-{_digest(*_file_stamp(zips[0]))}", zips[0], True
+            return f"{zips[0].stem}-{digest(*file_stamp(zips[0]))}", zips[0], True
         tree = find_ombria_root(base)
         if tree is not None:
-            stamp = _tree_stamp(tree / "OmbriaS1") + _tree_stamp(tree / "OmbriaS2")
-            return f"folder-{_digest(str(tree.resolve()), stamp)}", tree, False
+            stamp = tree_stamp(tree / "OmbriaS1") + tree_stamp(tree / "OmbriaS2")
+            return f"folder-{digest(str(tree.resolve()), stamp)}", tree, False
     downloaded = cache_dir() / "ombria" / _DOWNLOAD_NAME
     if not downloaded.is_file():
         if not download:
             looked = f"no copy in {str(root)!r}" if root else "ENF_DATA_DIR unset"
             raise DataNotFoundError(_not_found_message(f"{looked}; download=False"))
-        download_file(OMBRIA_URL, downloaded, desc="downloading OMBRIA")
-    return f"download-{_digest(*_file_stamp(downloaded))}", downloaded, True
+        try:
+            download_file(OMBRIA_URL, downloaded, desc="downloading OMBRIA", check=check_zip)
+        except OSError as err:
+            reason = f"downloading {OMBRIA_URL} failed: {err}"
+            raise DataNotFoundError(_not_found_message(reason)) from err
+    return f"download-{digest(*file_stamp(downloaded))}", downloaded, True
 
 
 def _read_cache(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = npz["inputs"], npz["masks"], npz["ids"]
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+    """A cached split ``(inputs, masks, ids)``, or ``None`` if missing or malformed."""
+    arrays = read_npz(path, ("inputs", "masks", "ids"))
+    if arrays is None:
         return None
     inputs, masks, ids = arrays
     ok = (inputs.dtype == np.uint8 and inputs.ndim == 4 and inputs.shape[1:] ==
           (TILE_SIZE, TILE_SIZE, 8) and masks.dtype == bool
           and masks.shape == inputs.shape[:3] and ids.shape == (len(inputs),))
     return arrays if ok else None
-
-
-def _write_cache(path: pathlib.Path, **arrays: np.ndarray) -> None:
-    write_npz(path, **arrays)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +317,7 @@ def load_ombria(
         raise ValueError(f"size={size} must be a positive divisor of {TILE_SIZE}")
     if data_dir is not None and not pathlib.Path(data_dir).is_dir():
         raise DataNotFoundError(_not_found_message(f"data_dir={str(data_dir)!r} is not a folder"))
-    root = pathlib.Path(data_dir) if data_dir is not None else _data_dir_from_env()
+    root = pathlib.Path(data_dir) if data_dir is not None else env_data_dir()
     key, path, is_zip = _find_source(root if root is not None and root.is_dir() else None,
                                      download)
 
@@ -376,7 +330,7 @@ def load_ombria(
             raise CorruptDataError(f"{path} holds no folder with OmbriaS1/ and OmbriaS2/ "
                                    "(at the top or one level down)")
         cached = read_ombria_split(found, split)
-        _write_cache(cache_path, inputs=cached[0], masks=cached[1], ids=cached[2])
+        write_npz(cache_path, inputs=cached[0], masks=cached[1], ids=cached[2])
     inputs, masks, ids = cached
     if limit is not None:
         if limit > len(ids):

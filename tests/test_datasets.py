@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
 import stat
-import sys
-import types
+import tarfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from enf_lib import _io, datasets
 from enf_lib.datasets import (
     CIFAR10_CLASSES,
     CorruptDataError,
@@ -31,9 +33,10 @@ SPLIT_CODE = {"train": 0, "test": 1}
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test gets its own empty cache folder and no data folder."""
+    """Every test gets its own empty cache folder, no data folder and no working download URL."""
     monkeypatch.setenv("ENF_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ENF_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "CIFAR10_URL", (tmp_path / "no-such.tar.gz").as_uri())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,11 +243,11 @@ def test_safe_extract_zip_refuses_unmarked_dest(tmp_path: Path) -> None:
 def test_safe_extract_zip_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     zip_path = _zip_with_member(tmp_path / "a.zip", "x.txt")
 
-    def interrupted(self: zipfile.ZipFile, path: str | os.PathLike) -> None:
-        (Path(path) / "half.txt").write_text("half")
+    def interrupted(src: io.BufferedIOBase, dst: io.BufferedIOBase, size: int, name: str) -> None:
+        dst.write(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(zipfile.ZipFile, "extractall", interrupted)
+    monkeypatch.setattr(_io, "_copy_bounded", interrupted)
     with pytest.raises(OSError, match="disk full"):
         safe_extract_zip(zip_path, tmp_path / "out" / "dest")
     assert list((tmp_path / "out").iterdir()) == []
@@ -296,7 +299,7 @@ def test_safe_extract_zip_rejects_symlinks(tmp_path: Path, name: str) -> None:
     assert _snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("damage", ["truncated", "end_cut", "crc", "empty"])
+@pytest.mark.parametrize("damage", ["truncated", "end_cut", "crc", "empty", "html"])
 def test_safe_extract_zip_rejects_corrupt_zip(tmp_path: Path, damage: str) -> None:
     payload = bytes(range(256)) * 8
     good = tmp_path / "good.zip"
@@ -310,14 +313,107 @@ def test_safe_extract_zip_rejects_corrupt_zip(tmp_path: Path, damage: str) -> No
         data = data[:-10]
     elif damage == "crc":
         data[data.index(payload) + 100] ^= 0xFF
-    else:
+    elif damage == "empty":
         data = bytearray()
+    else:
+        data = bytearray(b"<html>Rate limit exceeded</html>")
     bad = tmp_path / "bad.zip"
     bad.write_bytes(bytes(data))
     before = _snapshot(tmp_path)
-    with pytest.raises(CorruptDataError, match="CRC" if damage == "crc" else "not a readable zip"):
+    with pytest.raises(CorruptDataError, match="CRC" if damage == "crc" else "not a readable zip") as info:
         safe_extract_zip(bad, tmp_path / "dest")
+    message = str(info.value)
+    assert str(bad) in message and "delete it and run again" in message
+    if damage != "crc":
+        assert "truncated or not a zip file" in message
     assert _snapshot(tmp_path) == before
+
+
+def _zeros_zip(zip_path: Path, sizes: Sequence[int], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    """A zip of members ``m<i>.bin`` holding ``sizes[i]`` zero bytes."""
+    with zipfile.ZipFile(zip_path, "w", method) as zf:
+        for i, size in enumerate(sizes):
+            zf.writestr(f"m{i}.bin", bytes(size))
+    return zip_path
+
+
+@pytest.mark.parametrize(
+    "limit, sizes, match",
+    [("MAX_MEMBER_BYTES", [100, 2000], "member 'm1.bin' would expand to 2,000 bytes"),
+     ("MAX_ARCHIVE_BYTES", [900, 900, 900], "would expand to 2,700 bytes")],
+)
+def test_safe_extract_zip_refuses_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: str, sizes: list[int], match: str
+) -> None:
+    monkeypatch.setattr(_io, limit, 1000)
+    zip_path = _zeros_zip(tmp_path / "big.zip", sizes, zipfile.ZIP_STORED)
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match=match) as info:
+        safe_extract_zip(zip_path, tmp_path / "cache" / "dest")
+    assert f"enf_lib._io.{limit}" in str(info.value)
+    assert _snapshot(tmp_path) == before  # refused from the central directory: nothing written
+
+
+@pytest.mark.parametrize("sizes", [[4 << 20], [512 << 10] * 8], ids=["one_member", "many_members"])
+def test_safe_extract_zip_refuses_zip_bombs(tmp_path: Path, sizes: list[int]) -> None:
+    """Zeros deflate about a thousand-fold: one big member, or many small ones (each exempt)."""
+    zip_path = _zeros_zip(tmp_path / "bomb.zip", sizes)
+    assert zip_path.stat().st_size * 100 < sum(sizes)
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match="zip bomb"):
+        safe_extract_zip(zip_path, tmp_path / "cache" / "dest")
+    assert _snapshot(tmp_path) == before
+
+
+def test_safe_extract_zip_accepts_small_compressible_members(tmp_path: Path) -> None:
+    zip_path = _zeros_zip(tmp_path / "ds_store.zip", [6148, 0])  # a .DS_Store is mostly zeros
+    dest = safe_extract_zip(zip_path, tmp_path / "dest")
+    assert (dest / "m0.bin").read_bytes() == bytes(6148)
+
+
+def test_safe_extract_zip_refuses_duplicate_names(tmp_path: Path) -> None:
+    zip_path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(zip_path, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("a/x.txt", b"first")
+        zf.writestr("a/x.txt", b"second")
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match="member 'a/x.txt' appears more than once"):
+        safe_extract_zip(zip_path, tmp_path / "dest")
+    assert _snapshot(tmp_path) == before
+
+
+def test_safe_extract_zip_refuses_encrypted_members(tmp_path: Path) -> None:
+    zip_path = _zip_with_member(tmp_path / "secret.zip", "secret.txt", b"hidden")
+    data = bytearray(zip_path.read_bytes())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local, central headers
+        start = data.rindex(signature)  # the second member's
+        data[start + flag_at] |= 0x1
+    zip_path.write_bytes(bytes(data))
+    with zipfile.ZipFile(zip_path) as zf:
+        assert zf.getinfo("secret.txt").flag_bits & 0x1
+    before = _snapshot(tmp_path)
+    with pytest.raises(CorruptDataError, match="'secret.txt' is encrypted") as info:
+        safe_extract_zip(zip_path, tmp_path / "dest")
+    assert str(zip_path) in str(info.value) and "delete it and run again" in str(info.value)
+    assert _snapshot(tmp_path) == before
+
+
+def test_safe_extract_zip_never_writes_past_the_declared_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member whose data is longer than its header says is cut off at the declared size."""
+    zip_path = _zip_with_member(tmp_path / "a.zip", "big.bin", b"x" * 100)
+    real_open = zipfile.ZipFile.open
+
+    def lying_open(self: zipfile.ZipFile, member: str | zipfile.ZipInfo, *args, **kwargs):
+        if getattr(member, "filename", member) == "big.bin":
+            return io.BytesIO(b"x" * 10_000)
+        return real_open(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", lying_open)
+    with pytest.raises(CorruptDataError, match="'big.bin' holds more than the 100 bytes"):
+        safe_extract_zip(zip_path, tmp_path / "out" / "dest")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,7 +524,7 @@ def test_load_cifar10_without_data_says_how_to_get_it(tmp_path: Path, monkeypatc
     with pytest.raises(DataNotFoundError, match="ENF_DATA_DIR") as info:
         load_cifar10("test", download=False)
     assert isinstance(info.value, FileNotFoundError)
-    assert 'pip install "enf_lib[torchvision]"' in str(info.value)
+    assert "load_cifar10(download=True)" in str(info.value) and "torchvision" not in str(info.value)
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("ENF_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(DataNotFoundError, match="no copy in the data folder"):
@@ -530,79 +626,137 @@ def test_load_cifar10_from_earlier_official_download_in_cache() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# load_cifar10 via torchvision (faked: no network)
+# load_cifar10 downloading the official archive (from local file:// URLs)
 # ---------------------------------------------------------------------------------------------
 
 
-def _fake_cifar10_class(calls: list, error: Exception | None = None) -> type:
-    """A stand-in for ``torchvision.datasets.CIFAR10`` that records its calls."""
+def _official_tar(
+    tmp_path: Path, extra: Callable[[tarfile.TarFile], None] | None = None
+) -> tuple[Path, dict[str, tuple]]:
+    """A fake ``cifar-10-python.tar.gz`` with the official layout (:func:`_write_official_batches`,
+    plus ``batches.meta`` and ``readme.html``), and its expected arrays per split; ``extra`` may
+    add members."""
+    folder = tmp_path / "fake" / "cifar-10-batches-py"
+    expected = _write_official_batches(folder, protocol=2, python2_names=True)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": list(CIFAR10_CLASSES)}))
+    (folder / "readme.html").write_text("<meta HTTP-EQUIV='REFRESH'>")
+    archive = tmp_path / "server" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+        if extra is not None:
+            extra(tar)
+    return archive, expected
 
-    class FakeCIFAR10:
-        def __init__(self, root: str | os.PathLike, train: bool, download: bool) -> None:
-            calls.append((Path(root), train, download))
-            if error is not None:
-                raise error
-            n = 4 if train else 2
-            self.data = np.full((n, 32, 32, 3), 7 if train else 9, np.uint8)
-            self.targets = [3, 1, 4, 1][:n]
 
-    return FakeCIFAR10
+def _serve(monkeypatch: pytest.MonkeyPatch, archive: Path, md5: str | None = None) -> None:
+    """Point the download at ``archive``, with its md5 (or ``md5``) as the expected one."""
+    monkeypatch.setattr(datasets, "CIFAR10_URL", archive.as_uri())
+    monkeypatch.setattr(datasets, "CIFAR10_MD5", md5 or hashlib.md5(archive.read_bytes()).hexdigest())
 
 
-def _check_fake_download(calls: list) -> None:
+def _add_file(tar: tarfile.TarFile, name: str, data: bytes = b"evil", **fields: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in fields.items():
+        setattr(info, key, value)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_download_official_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive, expected = _official_tar(tmp_path)
+    _serve(monkeypatch, archive)
     images, labels = load_cifar10("train")
-    assert calls == [(cache_dir() / "cifar10", True, True)]
-    assert images.shape == (4, 32, 32, 3) and (images == 7).all()
-    assert labels.dtype == np.int64 and labels.tolist() == [3, 1, 4, 1]  # official order kept
-    load_cifar10("train")
-    assert len(calls) == 1  # the second call reads the npz cache
-    images, labels = load_cifar10("test", limit=1)
-    assert calls[-1] == (cache_dir() / "cifar10", False, True)
-    assert images.shape == (1, 32, 32, 3) and (images == 9).all() and labels.tolist() == [3]
+    assert images.dtype == np.uint8 and images.shape == (10, 32, 32, 3) and images.flags.c_contiguous
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(images, expected["train"][0])  # CHW -> HWC, official order
+    np.testing.assert_array_equal(labels, expected["train"][1])
+    folder = cache_dir() / "cifar10"
+    assert sorted(p.name for p in (folder / "cifar-10-batches-py").iterdir()) == sorted(
+        [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta", "readme.html"])
+    assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-batches-py", "official-train.npz"]
+
+    archive.unlink()  # the other split comes from the extracted folder, without a download
+    images, labels = load_cifar10("test", limit=2)
+    np.testing.assert_array_equal(images, expected["test"][0][:2])
+    np.testing.assert_array_equal(labels, expected["test"][1][:2])
 
 
-def _install_fake_torchvision(monkeypatch: pytest.MonkeyPatch, cifar10: type) -> None:
-    torchvision = types.ModuleType("torchvision")
-    torchvision.datasets = types.ModuleType("torchvision.datasets")
-    torchvision.datasets.CIFAR10 = cifar10
-    monkeypatch.setitem(sys.modules, "torchvision", torchvision)
-    monkeypatch.setitem(sys.modules, "torchvision.datasets", torchvision.datasets)
-
-
-def test_torchvision_download_patched(monkeypatch: pytest.MonkeyPatch) -> None:
-    torchvision = pytest.importorskip("torchvision")
-    calls: list = []
-    monkeypatch.setattr(torchvision.datasets, "CIFAR10", _fake_cifar10_class(calls))
-    _check_fake_download(calls)
-
-
-def test_torchvision_download_with_fake_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same check without torchvision installed (runs everywhere)."""
-    calls: list = []
-    _install_fake_torchvision(monkeypatch, _fake_cifar10_class(calls))
-    _check_fake_download(calls)
-
-
-def test_download_without_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
-    with pytest.raises(DataNotFoundError, match="torchvision, needed to download, is not installed"):
+def test_download_refuses_a_corrupted_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive, _ = _official_tar(tmp_path)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    _serve(monkeypatch, archive, md5)
+    with pytest.raises(CorruptDataError, match=f"has md5 [0-9a-f]{{32}}, not the expected {md5}"):
         load_cifar10("test")
+    assert list((cache_dir() / "cifar10").iterdir()) == []  # the download was not kept
 
 
-def test_download_failure_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list = []
-    _install_fake_torchvision(monkeypatch, _fake_cifar10_class(calls, OSError("no network")))
-    with pytest.raises(DataNotFoundError, match="download .* failed: no network"):
+@pytest.mark.parametrize(
+    "member",
+    ["cifar-10-batches-py/extra.txt", "../evil.txt", "cifar-10-batches-py/../../evil.txt",
+     "/tmp/evil.txt", "test_batch", "link", "hardlink"],
+)
+def test_download_refuses_unexpected_tar_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    def add(tar: tarfile.TarFile) -> None:
+        if member == "link":
+            _add_file(tar, "cifar-10-batches-py/batches.meta", b"", type=tarfile.SYMTYPE,
+                      linkname="/etc/passwd")
+        elif member == "hardlink":
+            _add_file(tar, "cifar-10-batches-py/readme.html", b"", type=tarfile.LNKTYPE,
+                      linkname="/etc/passwd")
+        else:
+            _add_file(tar, member)
+
+    archive, _ = _official_tar(tmp_path, add)
+    _serve(monkeypatch, archive)
+    with pytest.raises(CorruptDataError, match="refusing to extract .*: member .* is not one of"):
         load_cifar10("test")
-    assert len(calls) == 1
+    assert list((cache_dir() / "cifar10").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists() and not (cache_dir() / "evil.txt").exists()
 
 
-def test_no_download_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list = []
-    _install_fake_torchvision(monkeypatch, _fake_cifar10_class(calls))
+def test_download_refuses_an_oversized_tar_member(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive, _ = _official_tar(tmp_path)  # its batches hold 2 or 3 images: 6,000 to 10,000 bytes
+    _serve(monkeypatch, archive)
+    monkeypatch.setattr(_io, "MAX_MEMBER_BYTES", 5000)
+    with pytest.raises(CorruptDataError, match="would expand to .* bytes, more than the 5,000"):
+        load_cifar10("test")
+    assert list((cache_dir() / "cifar10").iterdir()) == []
+
+
+def test_safe_extract_tar_refuses_a_file_that_is_not_a_tar_gz(tmp_path: Path) -> None:
+    for content in (b"<html>not found</html>", b""):
+        bad = tmp_path / "bad.tar.gz"
+        bad.write_bytes(content)
+        with pytest.raises(CorruptDataError, match="is not a readable tar.gz"):
+            _io.safe_extract_tar(bad, tmp_path / "dest", "cifar-10-batches-py", ["test_batch"])
+    archive, _ = _official_tar(tmp_path)
+    (tmp_path / "cut.tar.gz").write_bytes(archive.read_bytes()[:-100])
+    with pytest.raises(CorruptDataError, match="is not a readable tar.gz"):
+        _io.safe_extract_tar(tmp_path / "cut.tar.gz", tmp_path / "dest", "cifar-10-batches-py",
+                             ["test_batch", *(f"data_batch_{i}" for i in range(1, 6)),
+                              "batches.meta", "readme.html"])
+    assert not (tmp_path / "dest").exists()
+
+
+def test_download_failure_is_reported() -> None:
+    with pytest.raises(DataNotFoundError, match="downloading .* failed") as info:
+        load_cifar10("test")
+    assert "load_cifar10(download=True)" in str(info.value)
+    assert not list((cache_dir() / "cifar10").glob("*"))
+
+
+def test_no_download_when_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive, _ = _official_tar(tmp_path)
+    _serve(monkeypatch, archive)
     with pytest.raises(DataNotFoundError, match="download=False"):
         load_cifar10("test", download=False)
-    assert calls == []
+    assert not (cache_dir() / "cifar10").exists()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from enf_lib import ombria
+from enf_lib import _io, ombria
+from enf_lib._io import check_zip, download_file
 from enf_lib.datasets import CorruptDataError, DataNotFoundError
 from enf_lib.ombria import (
     CHANNEL_GROUPS,
     OMBRIA_CHANNELS,
     TILE_SIZE,
-    download_file,
     downscale,
     load_ombria,
 )
@@ -206,6 +206,27 @@ def test_foreign_png_name(tmp_path: Path):
         load_ombria("test", data_dir=data)
 
 
+def test_file_that_is_not_a_png(tmp_path: Path):
+    """A JPEG under a PNG name is refused, though PIL could decode it."""
+    name = "OmbriaS1/test/BEFORE/S1_before_0001.png"
+    data = _data_with_tree(tmp_path, lambda tree: Image.fromarray(
+        np.zeros((256, 256), np.uint8)).save(tree / name, format="JPEG"))
+    with pytest.raises(CorruptDataError, match=r"S1_before_0001\.png is not a PNG file"):
+        load_ombria("test", data_dir=data)
+
+
+@pytest.mark.parametrize("name", ["S1_before_0001.jpg", "notes.txt"])
+def test_other_files_in_a_png_folder(tmp_path: Path, name: str):
+    def add(tree: Path) -> None:
+        Image.fromarray(np.zeros((256, 256), np.uint8)).save(
+            tree / "OmbriaS1/test/BEFORE" / name, format="JPEG")
+
+    data = _data_with_tree(tmp_path, add)
+    with pytest.raises(CorruptDataError, match=rf"unexpected file .*BEFORE/{name}: OMBRIA "
+                                               r"folders hold only PNGs"):
+        load_ombria("test", data_dir=data)
+
+
 def test_corrupt_zip(data_dir: Path):
     zip_path = data_dir / "ombria" / "ombria.zip"
     zip_path.write_bytes(zip_path.read_bytes()[: zip_path.stat().st_size // 2])
@@ -244,7 +265,7 @@ def test_download_when_no_local_copy(tmp_path: Path, monkeypatch):
     assert ids.tolist() == ["0001", "0005"] and inputs.shape[-1] == 8
     folder = tmp_path / "cache" / "ombria"
     assert (folder / "OMBRIA-master.zip").is_file()
-    assert not list(folder.glob("*.part"))
+    assert not list(folder.glob(".*"))                   # no temporary file left
     archive.unlink()                                     # the earlier download is reused
     assert load_ombria("train")[2].tolist() == ["0002", "0007", "0010"]
 
@@ -262,9 +283,18 @@ def test_download_of_a_broken_file_leaves_nothing(tmp_path: Path):
     source.parent.mkdir()
     source.write_bytes(b"<html>not a zip</html>")
     dest = tmp_path / "cache" / "ombria" / "OMBRIA-master.zip"
-    with pytest.raises(CorruptDataError, match="not give a valid zip"):
-        download_file(source.as_uri(), dest)
-    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+    with pytest.raises(CorruptDataError, match="the download of .* is not a readable zip"):
+        download_file(source.as_uri(), dest, desc="downloading", check=check_zip)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_download_of_an_oversized_zip_is_not_kept(tmp_path: Path, monkeypatch):
+    archive = zip_tree(make_tree(tmp_path / "tree", IDS), tmp_path / "server" / "master.zip")
+    monkeypatch.setattr(ombria, "OMBRIA_URL", archive.as_uri())
+    monkeypatch.setattr(_io, "MAX_ARCHIVE_BYTES", archive.stat().st_size // 2)
+    with pytest.raises(CorruptDataError, match="the download of .* would expand to"):
+        load_ombria("test")
+    assert list((tmp_path / "cache" / "ombria").iterdir()) == []
 
 
 def test_download_streams_a_valid_zip(tmp_path: Path):
@@ -272,7 +302,8 @@ def test_download_streams_a_valid_zip(tmp_path: Path):
     source.parent.mkdir()
     with zipfile.ZipFile(source, "w") as zf:
         zf.writestr("x.txt", os.urandom(3 << 20))                   # several 1 MiB chunks
-    dest = download_file(source.as_uri(), tmp_path / "out" / "a.zip")
+    dest = download_file(source.as_uri(), tmp_path / "out" / "a.zip", desc="downloading",
+                         check=check_zip)
     assert dest.read_bytes() == source.read_bytes()
 
 
@@ -320,11 +351,12 @@ def test_config_validation():
     from enf_lib.experiments.ombria_segmentation import PROFILES, SegConfig
 
     config = _toy_config()
-    for bad in (dict(size=48), dict(num_train=1), dict(threshold=1.0), dict(meta_steps=0),
-                dict(enf=dataclasses.replace(config.enf, num_out=3))):
-        with pytest.raises(ValueError, match="invalid config"):
+    for field, bad in (("size", dict(size=48)), ("num_train", dict(num_train=1)),
+                       ("threshold", dict(threshold=1.0)), ("meta_steps", dict(meta_steps=0)),
+                       ("num_out", dict(enf=dataclasses.replace(config.enf, num_out=3)))):
+        with pytest.raises(ValueError, match=field):
             dataclasses.replace(config, **bad)
-    with pytest.raises(ValueError, match="seg.lr"):
+    with pytest.raises(ValueError, match="lr"):
         SegConfig(lr=0.0)
     seg_enf = config.seg.enf(config.enf)
     assert seg_enf.num_out == 1 and seg_enf.num_latents == config.enf.num_latents
