@@ -16,17 +16,19 @@ Both take contexts already normalised (:class:`~enf_lib.latents.ContextStats`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pydantic.dataclasses
 from flax import nnx
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from enf_lib.batching import padded_batches
+from enf_lib.config import STRICT
 from enf_lib.geometry import BiInvariant, get_bi_invariant
 from enf_lib.latents import Latents
 from enf_lib.model import MLP, FourierEmbedding
@@ -34,10 +36,11 @@ from enf_lib.tracking import MetricLogger
 from enf_lib.training import train_model
 
 Array = jax.Array
-KINDS = ("transformer", "invariant")
+Kind = Literal["transformer", "invariant"]
+KINDS: tuple[str, ...] = get_args(Kind)
 
 
-@dataclasses.dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
 class ClassifierConfig:
     """A latent classifier and its training.
 
@@ -55,33 +58,24 @@ class ClassifierConfig:
         augmentation that teaches the non-invariant transformer what the invariant one knows.
     """
 
-    dim: int = 128
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: int = 2
-    num_freqs: int = 16
-    freq: float = 2.0
-    pair_dim: int = 32
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup: int = 100
-    label_smoothing: float = 0.1
-    augment_shift: float = 0.0
+    dim: PositiveInt = 128
+    depth: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    mlp_ratio: PositiveInt = 2
+    num_freqs: PositiveInt = 16
+    freq: PositiveFloat = 2.0
+    pair_dim: PositiveInt = 32
+    steps: PositiveInt = 3000
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 0.05
+    warmup: NonNegativeInt = 100
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    augment_shift: NonNegativeFloat = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "depth", "num_heads", "mlp_ratio", "num_freqs", "pair_dim", "steps",
-                     "batch_size"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"invalid config: {name}={getattr(self, name)!r} (a positive integer)")
         if self.dim % self.num_heads:
-            raise ValueError(f"invalid config: dim={self.dim} is not divisible by "
-                             f"num_heads={self.num_heads}")
-        if self.freq <= 0 or self.lr <= 0 or self.weight_decay < 0 or self.warmup < 0:
-            raise ValueError("invalid config: freq and lr must be > 0, weight_decay and warmup >= 0")
-        if not 0 <= self.label_smoothing < 1 or self.augment_shift < 0:
-            raise ValueError("invalid config: label_smoothing in [0, 1), augment_shift >= 0")
+            raise ValueError(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
 
 
 def pairwise_invariants(bi: BiInvariant, pose: Array) -> Array:

@@ -17,22 +17,26 @@ optionally with its pose), conditioned on a class label and on fixed token poses
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pydantic.dataclasses
 from flax import nnx
+from pydantic import PositiveInt
+
+from enf_lib.config import STRICT
 
 Array = jax.Array
 
-METHODS = ("euler", "heun")
+Method = Literal["euler", "heun"]
+METHODS: tuple[str, ...] = get_args(Method)
 """Samplers of :func:`sample`."""
 
 
-@dataclasses.dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
 class DiTConfig:
     """A diffusion transformer over latent tokens.
 
@@ -47,24 +51,18 @@ class DiTConfig:
       pose_freqs: Fourier frequencies per pose entry (octaves ``2^0 .. 2^(n-1)`` times pi).
     """
 
-    token_dim: int = 16
-    pose_dim: int = 2
-    num_classes: int = 10
-    width: int = 256
-    depth: int = 6
-    num_heads: int = 4
-    mlp_ratio: int = 4
-    pose_freqs: int = 8
+    token_dim: PositiveInt = 16
+    pose_dim: PositiveInt = 2
+    num_classes: PositiveInt = 10
+    width: PositiveInt = 256
+    depth: PositiveInt = 6
+    num_heads: PositiveInt = 4
+    mlp_ratio: PositiveInt = 4
+    pose_freqs: PositiveInt = 8
 
     def __post_init__(self) -> None:
-        for name in ("token_dim", "pose_dim", "num_classes", "width", "depth", "num_heads",
-                     "mlp_ratio", "pose_freqs"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"invalid DiTConfig: {name}={value!r} (a positive integer)")
         if self.width % self.num_heads:
-            raise ValueError(f"invalid DiTConfig: width={self.width} is not divisible by "
-                             f"num_heads={self.num_heads}")
+            raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
 
 
 # ------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -69,12 +71,16 @@ class MetaState:
         log-rates, by their own Adam), 0 for a frozen component.
       opt_state: optax state of the trainable part.
       step: outer steps taken.
+      init_rates: ``(lr_pose, lr_context, lr_window)`` of the :class:`FitConfig` that set
+        ``rates`` (static, not an array: free under ``jax.jit``); a learner whose config has
+        other rates refuses the state (see :meth:`MetaLearner.with_config`).
     """
 
     params: Any
     rates: Latents
     opt_state: Any
     step: Array
+    init_rates: tuple[float, float, float] = struct.field(pytree_node=False)
 
 
 class MetaLearner:
@@ -108,23 +114,44 @@ class MetaLearner:
         self._rate_mask = Latents(pose=jnp.float32(fit.lr_pose > 0),
                                   context=jnp.float32(fit.lr_context > 0),
                                   window=jnp.float32(fit.lr_window > 0))
-        self.train_step = jax.jit(self._train_step, donate_argnums=0)
+        self.train_step = _FiniteData(jax.jit(self._train_step, donate_argnums=0))
         self.outer_grads = jax.jit(self._outer_grads)
         self._fit = jax.jit(self._fit_impl, static_argnames="steps")
 
     # ----------------------------------------------------------------- state
-    def init(self, key: Array) -> MetaState:
-        """Fresh decoder parameters from ``key`` and inner rates from the config."""
-        _, params = nnx.split(EquivariantNeuralField(self.enf, rngs=nnx.Rngs(key)))
+    @property
+    def _lrs(self) -> tuple[float, float, float]:
+        return self.cfg.lr_pose, self.cfg.lr_context, self.cfg.lr_window
+
+    def _initial_rates(self) -> Latents:
         e, f = self.enf, self.cfg
         # Explicit float32: weakly typed arrays would make the first jitted step compile twice.
-        rates = Latents(
+        return Latents(
             pose=jnp.full((e.num_latents, self.bi_invariant.pose_dim), f.lr_pose, jnp.float32),
             context=jnp.full((e.num_latents, e.latent_dim), f.lr_context, jnp.float32),
             window=jnp.full((e.num_latents, 1), f.lr_window, jnp.float32),
         )
+
+    def init(self, key: Array) -> MetaState:
+        """Fresh decoder parameters from ``key`` and inner rates from the config."""
+        _, params = nnx.split(EquivariantNeuralField(self.enf, rngs=nnx.Rngs(key)))
+        rates = self._initial_rates()
         trainable = self._trainable(params, rates)
-        return MetaState(params, rates, self.optimizer.init(trainable), jnp.zeros((), jnp.int32))
+        return MetaState(params, rates, self.optimizer.init(trainable), jnp.zeros((), jnp.int32),
+                         self._lrs)
+
+    def reset_rates(self, state: MetaState) -> MetaState:
+        """``state`` with the inner rates of this learner's config (discarding rates learned by
+        Meta-SGD); decoder parameters, optimiser state and step are kept."""
+        return state.replace(rates=self._initial_rates(), init_rates=self._lrs)
+
+    def _check_rates(self, state: MetaState) -> None:
+        """``ValueError`` unless ``state``'s rates were set from this config's ``lr_*``."""
+        if state.init_rates != self._lrs:
+            raise ValueError(
+                f"the state's inner rates were set from (lr_pose, lr_context, lr_window) = "
+                f"{state.init_rates}, this learner's config has {self._lrs}; a state keeps its "
+                "rates, so call learner.reset_rates(state) to use the config's")
 
     def _trainable(self, params: Any, rates: Latents) -> dict[str, Any]:
         """What the outer optimiser updates: the decoder, plus the log-rates under Meta-SGD."""
@@ -204,6 +231,7 @@ class MetaLearner:
 
     def _outer_grads(self, state: MetaState, targets: Array, key: Array) -> tuple[Any, Array]:
         """Gradient of the outer loss w.r.t. the trainable part, and the loss."""
+        self._check_rates(state)                    # when tracing: init_rates is static
         trainable = self._trainable(state.params, state.rates)
         (loss, _), grads = jax.value_and_grad(self._outer_loss, has_aux=True)(
             trainable, state.rates, targets, key)
@@ -212,7 +240,7 @@ class MetaLearner:
     def _train_step(self, state: MetaState, data: Array, key: Array) -> tuple[MetaState, dict[str, Array]]:
         """One outer step on a random batch of ``data (M, H, W, C)``: float in [0, 1], on the
         device (:func:`check_images` makes it so; its dtype and shape are checked here when the
-        step compiles, its values are not)."""
+        step compiles, and :class:`_FiniteData` refuses NaN and inf once per array)."""
         if not jnp.issubdtype(data.dtype, jnp.floating):
             raise TypeError(f"train_step needs float images in [0, 1], got {data.dtype} "
                             "(pass check_images(images, ...), which scales uint8 by 1/255)")
@@ -226,7 +254,7 @@ class MetaLearner:
         updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         new = MetaState(trainable["params"], self._rates_from(trainable, state.rates), opt_state,
-                        state.step + 1)
+                        state.step + 1, state.init_rates)
         return new, {"loss": loss, "psnr": 10 * jnp.log10(1.0 / jnp.maximum(loss, 1e-12))}
 
     # --------------------------------------------------------------- fitting
@@ -237,12 +265,21 @@ class MetaLearner:
         z0 = self.init_latents(k_init, targets.shape[0])
         return self.inner_loop(params, rates, z0, targets, k_inner, steps=steps)
 
+    def _steps(self, steps: int | None) -> int:
+        """The inner steps of a fit: ``steps`` (a positive int), by default the training ones."""
+        if steps is None:
+            return self.cfg.inner_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
+        return int(steps)
+
     def fit(self, state: MetaState, images: Array | np.ndarray, key: Array,
             steps: int | None = None) -> Latents:
         """Latents for ``images (B, H, W, C)`` with the decoder frozen (``steps`` defaults to the
         training inner steps)."""
+        self._check_rates(state)
+        steps = self._steps(steps)
         images = check_images(images, self.image_shape, self.enf.num_out)
-        steps = self.cfg.inner_steps if steps is None else steps
         return self._fit(state.params, state.rates, images, key, steps=steps)
 
     def decode(self, state: MetaState, latents: Latents,
@@ -263,8 +300,9 @@ class MetaLearner:
         with ``score=False`` (scoring decodes every pixel: a third of the cost of a 3-step fit
         on 512-pixel subsets).
         """
+        self._check_rates(state)
+        steps = self._steps(steps)
         images = check_images(images, self.image_shape, self.enf.num_out)   # once, not per batch
-        steps = self.cfg.inner_steps if steps is None else steps
         zs, scores = [], []
         batches = padded_batches(images, batch_size)
         for i, (chunk, n) in enumerate(progress(batches, desc=desc, unit="batch",
@@ -279,8 +317,9 @@ class MetaLearner:
     def evaluate(self, state: MetaState, images: Array | np.ndarray, key: Array,
                  steps: int | None = None, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Fit and decode ``images`` in chunks; per-image PSNR before and after fitting."""
+        self._check_rates(state)
+        steps = self._steps(steps)
         images = check_images(images, self.image_shape, self.enf.num_out)
-        steps = self.cfg.inner_steps if steps is None else steps
         before, after = [], []
         for i, (chunk, n) in enumerate(padded_batches(images, batch_size)):
             k = jax.random.fold_in(key, i)
@@ -291,8 +330,39 @@ class MetaLearner:
         return {"psnr_before": np.concatenate(before), "psnr_after": np.concatenate(after)}
 
     def with_config(self, **changes: Any) -> "MetaLearner":
-        """A learner with some :class:`FitConfig` fields changed (same decoder)."""
+        """A learner with some :class:`FitConfig` fields changed (same decoder).
+
+        The inner rates live in the state (``MetaState.rates``, learned under Meta-SGD): the
+        ``lr_*`` fields only set them in :meth:`init` and :meth:`reset_rates`. So a state takes
+        its rates along, and a learner given other ``lr_*`` refuses it (``ValueError``) instead
+        of fitting with the old rates: start from ``learner.init(key)``, or call
+        ``learner.reset_rates(state)`` to keep the decoder and use the new rates.
+        """
         return MetaLearner(self.enf, dataclasses.replace(self.cfg, **changes), self.image_shape)
+
+
+class _FiniteData:
+    """A jitted ``step(state, data, key)`` that first refuses ``data`` with NaN or inf: checked
+    once per array (one reduction on the device and one host sync; the array is remembered by
+    weak reference), so the steps of a loop over the same data pay nothing. Its other
+    attributes (``lower``, ...) are the jitted function's."""
+
+    def __init__(self, step: Callable[..., Any]):
+        self._step = step
+        self._checked: Callable[[], Any] = lambda: None
+
+    def __call__(self, state: Any, data: Array, key: Array) -> Any:
+        if data is not self._checked():
+            if not bool(_all_finite(data)):
+                raise ValueError("train_step data contain NaN or infinite values")
+            self._checked = weakref.ref(data)
+        return self._step(state, data, key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._step, name)
+
+
+_all_finite = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -307,8 +377,8 @@ def check_images(images: Array | np.ndarray, shape: tuple[int, int], channels: i
     ``ValueError`` for a wrong rank, size or channel count, non-finite or out-of-range values.
     """
     arr = np.asarray(images)
-    if arr.ndim != 4:
-        raise ValueError(f"images must have shape (B, H, W, C), got {arr.shape}")
+    if arr.ndim != 4 or arr.shape[0] == 0:
+        raise ValueError(f"images must have shape (B, H, W, C) with B >= 1, got {arr.shape}")
     if arr.shape[1:3] != tuple(shape):
         raise ValueError(f"images are {arr.shape[1]}x{arr.shape[2]}, the learner expects "
                          f"{shape[0]}x{shape[1]}")

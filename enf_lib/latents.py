@@ -78,6 +78,8 @@ def init_latents(
 
     Returns: :class:`Latents` with pose ``(L, pose_dim)``, context ``(L, latent_dim)``, window ``(L, 1)``.
     """
+    if num_latents < 1:
+        raise ValueError(f"num_latents must be >= 1, got {num_latents}")
     if latent_dim < 1:
         raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
     noise = 0.1 / math.sqrt(num_latents) if noise is None else noise

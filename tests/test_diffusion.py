@@ -228,6 +228,8 @@ def test_experiment_runs_end_to_end_and_reuses_its_stages(tmp_path):
     assert metrics["pose_study"]["moving_pose_shift_grid_spacings"] >= 0
     assert metrics["fid"] is None or metrics["fid"] >= 0
     assert isinstance(metrics["fid_note"], str) and metrics["fid_note"]
+    assert metrics["fid_samples"] == {"generated": 10 * cfg.sampling.per_class,
+                                      "real": cfg.data.num_test}
     for name in ("samples", "trajectory", "guidance", "neighbours"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
     again = exp.run(cfg, Run(tmp_path, "cifar10-diffusion", "custom", cfg, verbose=False))

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from enf_lib import fitting
 from enf_lib.config import ENFConfig, FitConfig
 from enf_lib.fitting import MetaLearner, check_images, psnr
 from enf_lib.synthetic import shapes_dataset
@@ -197,7 +198,7 @@ def test_meta_train_refuses_too_few_images(images):
     ("attention_scale", 0.0), ("value_dim", 0),
 ])
 def test_bad_enf_config_values_raise(field, value):
-    with pytest.raises(ValueError, match=f"invalid config: {field}"):
+    with pytest.raises(ValueError, match=rf"\b{field}\b"):
         dataclasses.replace(ENFConfig(), **{field: value})
 
 
@@ -206,7 +207,7 @@ def test_bad_enf_config_values_raise(field, value):
     ("meta_sgd_clip", (0.0, 10.0)), ("meta_sgd_lr", 0.0), ("batch_size", 0),
 ])
 def test_bad_fit_config_values_raise(field, value):
-    with pytest.raises(ValueError, match=f"invalid config: {field}"):
+    with pytest.raises(ValueError, match=rf"\b{field}\b"):
         dataclasses.replace(FitConfig(), **{field: value})
 
 
@@ -228,3 +229,34 @@ def test_decoder_module_carries_the_trained_parameters(images):
     z = lrn.init_latents(jax.random.key(0), 2)
     np.testing.assert_allclose(lrn.decoder(state)(lrn.coords, z),
                                lrn.apply(state.params, lrn.coords, z), atol=1e-6)
+
+
+def test_train_step_refuses_nan_data_checking_each_array_once(images, monkeypatch):
+    lrn = learner()
+    bad = jnp.asarray(images).at[0, 0, 0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        lrn.train_step(lrn.init(jax.random.key(0)), bad, jax.random.key(1))
+    checks = []
+    real = fitting._all_finite
+    monkeypatch.setattr(fitting, "_all_finite", lambda x: checks.append(1) or real(x))
+    state, data = lrn.init(jax.random.key(0)), jnp.asarray(images)
+    for i in range(3):
+        state, _ = lrn.train_step(state, data, jax.random.key(i))
+    assert len(checks) == 1 and int(state.step) == 3          # no host sync per step
+
+
+def test_a_state_keeps_its_rates_and_a_learner_with_other_rates_refuses_it(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    faster = lrn.with_config(lr_context=300.0)
+    for use in (lambda s: faster.fit(s, images[:2], jax.random.key(1)),
+                lambda s: faster.evaluate(s, images[:2], jax.random.key(1)),
+                lambda s: faster.train_step(s, jnp.asarray(images), jax.random.key(1))):
+        with pytest.raises(ValueError, match=r"reset_rates\(state\)"):
+            use(state)
+    reset = faster.reset_rates(state)
+    np.testing.assert_array_equal(reset.rates.context, 300.0)
+    assert reset.params is state.params and reset.init_rates == (2.0, 300.0, 0.0)
+    z = faster.fit(reset, images[:2], jax.random.key(1))
+    assert not np.allclose(z.context, lrn.fit(state, images[:2], jax.random.key(1)).context)
+    lrn.with_config(inner_coords=64).fit(state, images[:2], jax.random.key(1))   # rates kept

@@ -63,7 +63,7 @@ def test_cached_stage_computes_once_and_metrics_have_provenance(tmp_path):
     run2 = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
     run2.use_data(np.arange(4))
     again = run2.cached("stage", ("a", 1), compute)
-    other = run2.cached("stage", ("a", 2), compute)
+    run2.cached("stage", ("a", 2), compute)             # other deps: computed again
     assert len(calls) == 2 and np.array_equal(first["x"], again["x"])
     assert run2.stages["stage"]["reused"] is False        # the last call computed
     metrics = run2.write_metrics({"score": np.float32(0.5)})

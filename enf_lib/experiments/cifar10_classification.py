@@ -16,17 +16,18 @@ Command line: ``python -m enf_lib.experiments cifar10-classification --profile q
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+import pydantic.dataclasses
 from flax import nnx
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from enf_lib.classifiers import ClassifierConfig, make_classifier, predict, train_classifier
-from enf_lib.config import ENFConfig, FitConfig
+from enf_lib.config import STRICT, ENFConfig, FitConfig
 from enf_lib.datasets import CIFAR10_CLASSES, load_cifar10
 from enf_lib.experiments.runner import Run, to_jsonable
 from enf_lib.experiments.stages import (fit_latents_stage, meta_train_stage, record_loop,
@@ -40,7 +41,7 @@ from enf_lib.plotting import plot_history, plot_latents
 CLASSIFIERS = ("transformer", "invariant")
 
 
-@dataclasses.dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
 class Config:
     """The whole experiment.
 
@@ -58,22 +59,12 @@ class Config:
     enf: ENFConfig
     fit: FitConfig
     classifier: ClassifierConfig
-    train_images: int | None = None
-    test_images: int | None = None
-    meta_steps: int = 1000
-    fit_batch_size: int = 256
-    shifts: tuple[int, ...] = (1, 2, 3, 4)
+    train_images: Annotated[int, Field(ge=10)] | None = None
+    test_images: Annotated[int, Field(ge=10)] | None = None
+    meta_steps: NonNegativeInt = 1000
+    fit_batch_size: PositiveInt = 256
+    shifts: tuple[Annotated[int, Field(ge=1, le=16)], ...] = (1, 2, 3, 4)
     seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("train_images", "test_images"):
-            value = getattr(self, name)
-            if value is not None and value < 10:
-                raise ValueError(f"invalid config: {name}={value!r} (None or >= 10)")
-        if self.meta_steps < 0 or self.fit_batch_size < 1:
-            raise ValueError("invalid config: meta_steps >= 0 and fit_batch_size >= 1")
-        if any(s < 1 or s > 16 for s in self.shifts):
-            raise ValueError(f"invalid config: shifts={self.shifts!r} (pixels in 1..16)")
 
 
 PROFILES: dict[str, Config] = {

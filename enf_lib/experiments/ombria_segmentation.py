@@ -19,16 +19,18 @@ all; the notebook ``08_ombria_segmentation`` calls the same functions one by one
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
+import pydantic.dataclasses
 from flax import nnx
 from matplotlib.figure import Figure
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
-from enf_lib.config import ENFConfig, FitConfig
+from enf_lib.config import STRICT, ENFConfig, FitConfig
 from enf_lib.coordinates import coordinate_grid
 from enf_lib.experiments.runner import Run, digest
 from enf_lib.experiments.stages import (
@@ -56,7 +58,7 @@ from enf_lib.training import train_model
 NAME = "ombria-segmentation"
 
 
-@dataclasses.dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
 class SegConfig:
     """The mask decoder: an ENF with one output, and how it is trained.
 
@@ -72,33 +74,20 @@ class SegConfig:
       ema_decay: keep an exponential moving average of the weights (``None`` = off).
     """
 
-    hidden_dim: int = 128
-    att_dim: int = 128
-    num_heads: int = 3
-    k_nearest: int | None = 4
-    freq_query: float = 3.0
-    freq_value: float = 5.0
-    num_freqs: int = 64
-    head_depth: int = 1
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 5e-4
-    coords_per_step: int | None = 1024
-    dice_weight: float = 0.5
-    ema_decay: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"invalid config: seg.{name}={getattr(self, name)!r} (>= 1)")
-        if self.lr <= 0 or self.dice_weight < 0:
-            raise ValueError(f"invalid config: seg.lr={self.lr!r} must be > 0 and "
-                             f"seg.dice_weight={self.dice_weight!r} >= 0")
-        if self.coords_per_step is not None and self.coords_per_step < 1:
-            raise ValueError(f"invalid config: seg.coords_per_step={self.coords_per_step!r} "
-                             "(None or >= 1)")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ValueError(f"invalid config: seg.ema_decay={self.ema_decay!r} (in (0, 1))")
+    hidden_dim: PositiveInt = 128
+    att_dim: PositiveInt = 128
+    num_heads: PositiveInt = 3
+    k_nearest: PositiveInt | None = 4
+    freq_query: PositiveFloat = 3.0
+    freq_value: PositiveFloat = 5.0
+    num_freqs: PositiveInt = 64
+    head_depth: NonNegativeInt = 1
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 5e-4
+    coords_per_step: PositiveInt | None = 1024
+    dice_weight: NonNegativeFloat = 0.5
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
 
     def enf(self, recon: ENFConfig) -> ENFConfig:
         """The mask decoder's :class:`ENFConfig`: latent shape from ``recon``, one output."""
@@ -108,7 +97,7 @@ class SegConfig:
             freq_value=self.freq_value, num_freqs=self.num_freqs, head_depth=self.head_depth)
 
 
-@dataclasses.dataclass(frozen=True)
+@pydantic.dataclasses.dataclass(frozen=True, config=STRICT)
 class Config:
     """The OMBRIA segmentation experiment.
 
@@ -125,34 +114,30 @@ class Config:
       seed: seeds everything.
     """
 
-    size: int = 64
-    num_train: int | None = None
+    size: PositiveInt = 64
+    num_train: PositiveInt | None = None
     enf: ENFConfig = ENFConfig(num_out=8)
     fit: FitConfig = FitConfig()
-    meta_steps: int = 1000
+    meta_steps: PositiveInt = 1000
     seg: SegConfig = SegConfig()
-    fit_batch_size: int = 64
-    decode_batch_size: int = 16
-    decode_chunk: int = 4096
-    threshold: float = 0.5
-    num_show: int = 4
+    fit_batch_size: PositiveInt = 64
+    decode_batch_size: PositiveInt = 16
+    decode_chunk: PositiveInt = 4096
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    num_show: PositiveInt = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.size < 1 or TILE_SIZE % self.size:
-            raise ValueError(f"invalid config: size={self.size!r} (a divisor of {TILE_SIZE})")
+        if TILE_SIZE % self.size:
+            raise ValueError(f"size={self.size} is not a divisor of {TILE_SIZE}")
         if self.enf.num_out != 8:
-            raise ValueError(f"invalid config: enf.num_out={self.enf.num_out!r} (the 8 OMBRIA "
-                             "channels)")
+            raise ValueError(f"enf.num_out={self.enf.num_out} is not 8 (the OMBRIA channels)")
         if self.num_train is not None and self.num_train < self.fit.batch_size:
-            raise ValueError(f"invalid config: num_train={self.num_train!r} is below "
+            raise ValueError(f"num_train={self.num_train} is below "
                              f"fit.batch_size={self.fit.batch_size}")
-        for name in ("meta_steps", "fit_batch_size", "decode_batch_size", "decode_chunk",
-                     "num_show"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"invalid config: {name}={getattr(self, name)!r} (>= 1)")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"invalid config: threshold={self.threshold!r} (in (0, 1))")
+        if self.seg.k_nearest is not None and self.seg.k_nearest > self.enf.num_latents:
+            raise ValueError(f"seg.k_nearest={self.seg.k_nearest} exceeds "
+                             f"enf.num_latents={self.enf.num_latents}")
 
 
 _QUICK_ENF = ENFConfig(num_out=8, num_latents=64, latent_dim=32, hidden_dim=64, att_dim=32,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pydantic
 
 from enf_lib._io import write_npz, write_text
 from enf_lib.provenance import code_version, fingerprint, provenance
@@ -76,34 +77,37 @@ def override(config: C, assignments: Sequence[str]) -> C:
     """``config`` with ``"section.field=value"`` (or ``"field=value"``) assignments applied.
 
     Values are Python literals (``3``, ``1e-3``, ``None``, ``(1, 2)``, ``True``) or bare words
-    (strings). The changed dataclass is validated again, so a bad value raises ``ValueError``.
+    (strings). The changed dataclass is validated again, so a bad value raises ``ValueError``,
+    on one line naming the assignment and the field.
     """
     for assignment in assignments:
         path, sep, text = assignment.partition("=")
         if not sep or not path:
             raise ValueError(f"override {assignment!r} is not of the form field=value")
-        config = _replace_path(config, path.strip().split("."), text.strip(), assignment)
+        try:
+            config = _replace_path(config, path.strip().split("."), text.strip())
+        except pydantic.ValidationError as err:     # on one line, for the command line
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                        for e in err.errors(include_url=False)]
+            raise ValueError(f"override {assignment!r}: {'; '.join(problems)}") from None
+        except ValueError as err:
+            raise ValueError(f"override {assignment!r}: {err}") from None
     return config
 
 
-def _replace_path(obj: Any, path: list[str], text: str, assignment: str) -> Any:
+def _replace_path(obj: Any, path: list[str], text: str) -> Any:
     names = [f.name for f in dataclasses.fields(obj)]
     head = path[0]
     if head not in names:
-        raise ValueError(f"override {assignment!r}: {type(obj).__name__} has no field {head!r}; "
-                         f"fields: {', '.join(names)}")
+        raise ValueError(f"{type(obj).__name__} has no field {head!r}; fields: {', '.join(names)}")
     current = getattr(obj, head)
     if len(path) > 1:
         if not dataclasses.is_dataclass(current):
-            raise ValueError(f"override {assignment!r}: {head!r} is not a section")
-        return dataclasses.replace(obj, **{head: _replace_path(current, path[1:], text, assignment)})
+            raise ValueError(f"{head!r} is not a section")
+        return dataclasses.replace(obj, **{head: _replace_path(current, path[1:], text)})
     if dataclasses.is_dataclass(current):
-        raise ValueError(f"override {assignment!r}: {head!r} is a section; set one of its fields")
-    try:
-        value = _parse_value(text, current)
-    except ValueError as err:
-        raise ValueError(f"override {assignment!r}: {err}") from None
-    return dataclasses.replace(obj, **{head: value})
+        raise ValueError(f"{head!r} is a section; set one of its fields")
+    return dataclasses.replace(obj, **{head: _parse_value(text, current)})
 
 
 # ------------------------------------------------------------------------------------------
