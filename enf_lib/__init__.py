@@ -15,6 +15,8 @@ The pieces, in the order the course builds them:
 * :mod:`enf_lib.experiments` -- the three full experiments, also runnable as scripts.
 """
 
+from importlib import metadata
+
 from enf_lib.config import ENFConfig, FitConfig, profile_from_env
 from enf_lib.coordinates import coordinate_grid, coords_to_pixels, pixels_to_coords
 from enf_lib.fitting import MetaLearner, MetaState, psnr
@@ -28,4 +30,4 @@ __all__ = [
     "get_bi_invariant", "init_latents", "init_latents_batch", "pixels_to_coords",
     "profile_from_env", "psnr",
 ]
-__version__ = "0.1.0"
+__version__ = metadata.version("enf_lib")

@@ -62,12 +62,19 @@ def _name(requirement: str) -> str:
 
 
 def test_environment_yml_installs_the_same_packages_as_pyproject():
+    """Conda packages plus those under ``pip:`` (but the course itself), with the same version
+    bounds wherever environment.yml gives one."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = {_name(r) for r in project["dependencies"] + extras["book"] + extras["test"]}
+    wanted = {_name(r): r for r in project["dependencies"] + extras["book"] + extras["test"]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
-    conda = {_name(d) for d in env if isinstance(d, str)} - {"python", "pip"}
-    assert conda == wanted
+    pip = next(d["pip"] for d in env if isinstance(d, dict))
+    listed = {_name(d): d for d in [*env, *pip] if isinstance(d, str) and d != "-e ."}
+    listed = {k: v for k, v in listed.items() if k not in ("python", "pip")}
+    assert set(listed) == set(wanted)
+    for name, spec in listed.items():
+        if spec != name:
+            assert spec.replace(" ", "") == wanted[name].replace(" ", ""), (spec, wanted[name])
 
 
 def test_constraints_pin_every_direct_dependency():
