@@ -162,11 +162,6 @@ class DiT(nnx.Module):
         return self.out(modulate(self.norm_out(h), shift, scale))
 
 
-def num_params(model: nnx.Module) -> int:
-    """Number of trainable parameters of ``model``."""
-    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
 # ------------------------------------------------------------------------------------------
 # Flow matching
 # ------------------------------------------------------------------------------------------

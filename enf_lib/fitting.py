@@ -42,17 +42,22 @@ Array = jax.Array
 UNROLL_MAX_STEPS = 8
 
 
+def psnr_from_mse(mse: Array, max_val: float = 1.0) -> Array:
+    """Peak signal-to-noise ratio in dB of a mean squared error: ``10 log10(max_val^2 / MSE)``
+    (any shape; an MSE of 0 counts as 1e-12)."""
+    return 10.0 * jnp.log10(max_val**2 / jnp.maximum(mse, 1e-12))
+
+
 def psnr(pred: Array, target: Array, max_val: float = 1.0) -> Array:
     """Per-signal peak signal-to-noise ratio in dB: ``(B, ...) x (B, ...) -> (B,)``.
 
-    ``10 log10(max_val^2 / MSE)`` with the MSE over all entries of each signal; ``pred`` is
-    clipped to ``[0, max_val]`` first, as when displaying the image.
+    :func:`psnr_from_mse` of the MSE over all entries of each signal; ``pred`` is clipped to
+    ``[0, max_val]`` first, as when displaying the image.
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {pred.shape} and target {target.shape} differ in shape")
     err = jnp.square(jnp.clip(pred, 0.0, max_val) - target)
-    mse = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
-    return 10.0 * jnp.log10(max_val**2 / jnp.maximum(mse, 1e-12))
+    return psnr_from_mse(jnp.mean(err.reshape(err.shape[0], -1), axis=1), max_val)
 
 
 def per_signal_mse(pred: Array, target: Array) -> Array:
@@ -255,7 +260,7 @@ class MetaLearner:
         trainable = optax.apply_updates(trainable, updates)
         new = MetaState(trainable["params"], self._rates_from(trainable, state.rates), opt_state,
                         state.step + 1, state.init_rates)
-        return new, {"loss": loss, "psnr": 10 * jnp.log10(1.0 / jnp.maximum(loss, 1e-12))}
+        return new, {"loss": loss, "psnr": psnr_from_mse(loss)}
 
     # --------------------------------------------------------------- fitting
     def _fit_impl(self, params: Any, rates: Latents, images: Array, key: Array,

@@ -191,6 +191,8 @@ def functional(model: EquivariantNeuralField) -> tuple[ApplyFn, nnx.State]:
     return apply, params
 
 
-def count_params(params: nnx.State) -> int:
-    """Number of scalar parameters in a parameter tree."""
+def count_params(params: nnx.State | nnx.Module) -> int:
+    """Number of scalar parameters in a parameter tree, or of a module's ``nnx.Param``s."""
+    if isinstance(params, nnx.Module):
+        params = nnx.state(params, nnx.Param)
     return sum(x.size for x in jax.tree.leaves(params))

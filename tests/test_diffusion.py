@@ -15,6 +15,7 @@ from enf_lib.diffusion import DiT, DiTConfig, DiTBlock
 from enf_lib.experiments import cifar10_diffusion as exp
 from enf_lib.experiments import make_config
 from enf_lib.experiments.runner import Run, override
+from enf_lib.model import count_params
 from enf_lib.training import train_model
 
 SMALL = DiTConfig(token_dim=3, pose_dim=2, num_classes=4, width=16, depth=2, num_heads=2,
@@ -197,7 +198,7 @@ def test_config_validates_and_profiles_resolve():
     with pytest.raises(ValueError, match="method"):
         override(exp.PROFILES["quick"], ["sampling.method=rk4"])
     full = exp.PROFILES["full"]
-    assert 100e6 < diffusion.num_params(DiT(full.dit, rngs=nnx.Rngs(0))) < 160e6
+    assert 100e6 < count_params(DiT(full.dit, rngs=nnx.Rngs(0))) < 160e6
 
 
 TINY = ["data.num_train=40", "data.num_test=20", "meta_steps=3", "fit_batch=20",

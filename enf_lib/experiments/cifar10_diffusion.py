@@ -36,14 +36,14 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
 from enf_lib import classifiers, metrics
 from enf_lib.config import STRICT, ENFConfig, FitConfig
 from enf_lib.datasets import CIFAR10_CLASSES, load_cifar10
-from enf_lib.diffusion import (DiT, DiTConfig, Method, check_tokens, flow_matching_loss_fn,
-                               num_params)
+from enf_lib.diffusion import DiT, DiTConfig, Method, check_tokens, flow_matching_loss_fn
 from enf_lib.diffusion import sample as sample_tokens
 from enf_lib.experiments.runner import Run
 from enf_lib.experiments.stages import fit_latents_stage, meta_train_stage, record_loop
 from enf_lib.experiments.stages import steps_done
 from enf_lib.fitting import MetaLearner, MetaState, psnr
 from enf_lib.latents import ContextStats, Latents
+from enf_lib.model import count_params
 from enf_lib.plotting import image_grid
 from enf_lib.progress import progress
 from enf_lib.training import train_model
@@ -464,7 +464,7 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     dit_cfg = dataclasses.replace(c.diffusion, dit=c.dit)
     model, dit_log = train_dit_stage(run, dit_cfg, train_tokens, train_labels,
                                      z_train.pose, deps=(*enf_deps, "train"), seed=c.seed)
-    results["dit_params"] = num_params(model)
+    results["dit_params"] = count_params(model)
     results["dit_final_loss"] = dit_log.history["loss"][-1][1]
 
     # Stage 4: class-conditional samples, decoded.

@@ -22,6 +22,7 @@ import dataclasses
 from typing import Annotated, Any
 
 import jax
+import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import optax
@@ -39,7 +40,7 @@ from enf_lib.experiments.stages import (
     record_loop,
     steps_done,
 )
-from enf_lib.fitting import MetaLearner, MetaState
+from enf_lib.fitting import MetaLearner, MetaState, psnr
 from enf_lib.latents import ContextStats, Latents
 from enf_lib.model import EquivariantNeuralField, functional
 from enf_lib.ombria import CHANNEL_GROUPS, TILE_SIZE, load_ombria
@@ -245,9 +246,7 @@ def group_psnr(pred: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
     target = target / 255.0 if target.dtype == np.uint8 else target
     out = {}
     for name, sl in CHANNEL_GROUPS.items():
-        err = np.square(np.clip(pred[..., sl], 0, 1) - target[..., sl])
-        mse = err.reshape(len(err), -1).mean(1)
-        out[name] = 10 * np.log10(1.0 / np.maximum(mse, 1e-12))
+        out[name] = np.asarray(psnr(jnp.asarray(pred[..., sl]), jnp.asarray(target[..., sl])))
     return out
 
 
