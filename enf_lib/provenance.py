@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import subprocess
-import urllib.request
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from enf_lib._io import write_text
+from enf_lib._io import download_file
 from enf_lib.datasets import cache_dir
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -72,12 +71,6 @@ def code_version() -> str:
     return installed_commit() or f"enf_lib {_installed()[0]}"
 
 
-def _download(url: str) -> str:
-    """The text at ``url`` (raises ``OSError`` when it cannot be fetched)."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read().decode()
-
-
 def _fetch_from_github(relpath: str) -> Path | None:
     """``relpath`` of the GitHub repository and commit of a VCS install, downloaded once into
     ``cache_dir()/committed/<commit>/``; None when not installed from GitHub or not fetched."""
@@ -88,11 +81,12 @@ def _fetch_from_github(relpath: str) -> Path | None:
         return None
     target = cache_dir() / "committed" / commit / relpath
     if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            body = _download(f"https://raw.githubusercontent.com/{repo[1]}/{commit}/{relpath}")
+            download_file(f"https://raw.githubusercontent.com/{repo[1]}/{commit}/{relpath}",
+                          target, desc=relpath, check=lambda path, name: None)
         except OSError:  # no such file at that commit (HTTP 404), no network, a timeout
             return None
-        write_text(target, body)
     return target
 
 

@@ -64,10 +64,11 @@ def downloads(monkeypatch):
     """Record the URLs fetched, answering each with a small JSON body (no network)."""
     urls: list[str] = []
 
-    def fake_download(url: str) -> str:
+    def fake_download(url: str, dest: Path, **kwargs) -> Path:
         urls.append(url)
-        return '{"rows": ["from github"]}'
-    monkeypatch.setattr(provenance, "_download", fake_download)
+        dest.write_text('{"rows": ["from github"]}')
+        return dest
+    monkeypatch.setattr(provenance, "download_file", fake_download)
     return urls
 
 
@@ -114,9 +115,9 @@ def test_committed_file_is_fetched_once_at_the_installed_commit(installed, downl
 def test_committed_file_is_none_when_the_fetch_fails(installed, monkeypatch, error):
     installed(GIT_INSTALL)
 
-    def failing_download(url: str) -> str:
+    def failing_download(url: str, dest: Path, **kwargs) -> Path:
         raise error
-    monkeypatch.setattr(provenance, "_download", failing_download)
+    monkeypatch.setattr(provenance, "download_file", failing_download)
     assert committed_file(RESULT) is None
 
 
