@@ -36,7 +36,7 @@ import pathlib
 import re
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from enf_lib._io import (
     CorruptDataError,
@@ -82,7 +82,6 @@ _SPLITS = ("train", "test")
 _SENSORS = {"S1": "L", "S2": "RGB"}            # sensor -> PIL mode of its before/after images
 _KINDS = ("before", "after", "mask")
 _DOWNLOAD_NAME = "OMBRIA-master.zip"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _not_found_message(reason: str) -> str:
@@ -164,19 +163,15 @@ def tile_ids(root: pathlib.Path, split: str) -> list[str]:
 def _read_png(path: pathlib.Path, mode: str) -> np.ndarray:
     """Decode ``path``, checking that it is a PNG, its size (256x256) and PIL mode."""
     try:
-        with open(path, "rb") as file:
-            if file.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
-                raise CorruptDataError(f"{path} is not a PNG file (it lacks the PNG signature); "
-                                       "OMBRIA tiles are PNGs")
-            with Image.open(file, formats=["PNG"]) as image:
-                if image.size != (TILE_SIZE, TILE_SIZE):
-                    raise CorruptDataError(f"{path} is {image.size[0]}x{image.size[1]} pixels "
-                                           "(width x height); "
-                                           f"OMBRIA tiles are {TILE_SIZE}x{TILE_SIZE}")
-                if image.mode != mode:
-                    raise CorruptDataError(f"{path} has PIL mode {image.mode!r}, "
-                                           f"expected {mode!r}")
-                return np.asarray(image)
+        with Image.open(path, formats=["PNG"]) as image:   # only PIL's PNG decoder may read it
+            if image.size != (TILE_SIZE, TILE_SIZE):
+                raise CorruptDataError(f"{path} is {image.size[0]}x{image.size[1]} pixels (width "
+                                       f"x height); OMBRIA tiles are {TILE_SIZE}x{TILE_SIZE}")
+            if image.mode != mode:
+                raise CorruptDataError(f"{path} has PIL mode {image.mode!r}, expected {mode!r}")
+            return np.asarray(image)
+    except UnidentifiedImageError as err:
+        raise CorruptDataError(f"{path} is not a PNG file; OMBRIA tiles are PNGs") from err
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if isinstance(err, CorruptDataError):
             raise
