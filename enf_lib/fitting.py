@@ -150,6 +150,21 @@ class MetaLearner:
         Meta-SGD); decoder parameters, optimiser state and step are kept."""
         return state.replace(rates=self._initial_rates(), init_rates=self._lrs)
 
+    def restart_optimizer(self, state: MetaState) -> MetaState:
+        """``state`` with a fresh outer optimiser state for this learner (e.g. to go on with
+        Meta-SGD from a decoder trained without it); parameters, rates and step are kept."""
+        return state.replace(opt_state=self.optimizer.init(self._trainable(state.params, state.rates)))
+
+    def _check_optimizer(self, state: MetaState) -> None:
+        """``ValueError`` unless ``state.opt_state`` is this learner's optimiser's (checked when
+        the step is traced, from shapes only)."""
+        expected = jax.eval_shape(lambda: self.optimizer.init(self._trainable(state.params, state.rates)))
+        if jax.tree.structure(expected) != jax.tree.structure(state.opt_state):
+            raise ValueError(
+                f"the state's optimiser state was made by another outer optimiser than this "
+                f"learner's (meta_sgd={self.cfg.meta_sgd}); start from learner.init(key), or keep "
+                "the decoder with learner.restart_optimizer(state)")
+
     def _check_rates(self, state: MetaState) -> None:
         """``ValueError`` unless ``state``'s rates were set from this config's ``lr_*``."""
         if state.init_rates != self._lrs:
@@ -254,6 +269,7 @@ class MetaLearner:
                              f"{self.image_shape[1]}, {self.enf.num_out}), got {data.shape}")
         k_batch, k_loss = jax.random.split(jax.random.fold_in(key, state.step))
         targets = self._batch(data, k_batch)
+        self._check_optimizer(state)
         grads, loss = self._outer_grads(state, targets, k_loss)
         trainable = self._trainable(state.params, state.rates)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, trainable)

@@ -245,6 +245,18 @@ def test_train_step_refuses_nan_data_checking_each_array_once(images, monkeypatc
     assert len(checks) == 1 and int(state.step) == 3          # no host sync per step
 
 
+def test_a_state_of_another_optimiser_is_refused_and_can_be_restarted(images):
+    lrn = learner()
+    state = lrn.init(jax.random.key(0))
+    meta = lrn.with_config(meta_sgd=True)
+    with pytest.raises(ValueError, match=r"meta_sgd=True.*restart_optimizer\(state\)"):
+        meta.train_step(state, jnp.asarray(images), jax.random.key(1))
+    restarted = meta.restart_optimizer(state)
+    assert restarted.params is state.params and int(restarted.step) == 0
+    new, _ = meta.train_step(restarted, jnp.asarray(images), jax.random.key(1))  # donates it
+    assert not np.allclose(new.rates.context, lrn.cfg.lr_context)      # Meta-SGD moves them
+
+
 def test_a_state_keeps_its_rates_and_a_learner_with_other_rates_refuses_it(images):
     lrn = learner()
     state = lrn.init(jax.random.key(0))
