@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from enf_lib._io import write_npz, write_text
 from enf_lib.checkpoint import config_dict
 from enf_lib.fitting import MetaLearner, MetaState
+from enf_lib.training import meta_train
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 
@@ -116,3 +118,23 @@ def load(name: str, learner: MetaLearner, *,
                              step=jnp.asarray(info["steps"], jnp.int32))
     history = {k: [tuple(pt) for pt in v] for k, v in info["run"]["history"].items()}
     return Pretrained(state, history, info)
+
+
+def meta_train_or_load(learner: MetaLearner, images: np.ndarray | jax.Array, *,
+                       pretrained: str | None, steps: int, key: jax.Array,
+                       **train_kwargs: Any) -> tuple[MetaState, dict[str, list], str]:
+    """Load the pretrained decoder ``pretrained`` into ``learner``, or, when it is ``None``,
+    meta-train ``steps`` steps on ``images`` with :func:`enf_lib.training.meta_train`
+    (``key`` and ``train_kwargs`` passed on).
+
+    Returns the state, the training history (``{metric: [(step, value), ...]}``) and one line
+    saying where the decoder came from.
+    """
+    if pretrained is not None:
+        loaded = load(pretrained, learner)
+        return loaded.state, loaded.history, loaded.describe()
+    t0 = time.perf_counter()
+    state, log = meta_train(learner, learner.init(jax.random.key(0)), images, steps=steps,
+                            key=key, **train_kwargs)
+    return state, log.history, (f"meta-trained here: {steps:,} outer steps on {len(images):,} "
+                                f"images ({time.perf_counter() - t0:.0f} s in this call)")
