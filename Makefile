@@ -7,7 +7,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export WANDB_MODE ?= disabled
 
-.PHONY: book test env sync-notebooks student clean
+.PHONY: book test env sync-notebooks colab student clean
 
 env: $(VENV)/.installed
 
@@ -32,9 +32,13 @@ test: env
 sync-notebooks: env
 	$(BIN)/jupytext --sync notebooks/*.md
 
-# Student versions of the notebooks (solutions removed) in student/.
-student: env
-	$(BIN)/python tools/make_student_versions.py student
+# Colab copies of the notebooks: plain Markdown instead of MyST, solutions collapsed in colab/,
+# removed in colab/student/. `tools/make_colab.py --check` tells whether they are up to date.
+colab: env
+	$(BIN)/python tools/make_colab.py
+
+# The student copies are part of `make colab`.
+student: colab
 
 clean:
 	rm -rf _build

@@ -39,10 +39,12 @@ def test_notebook_pair_is_in_sync(source):
 def test_badge_and_install_line_follow_the_repository_setting(source):
     text = source.read_text()
     path = URL.removeprefix("https://github.com/")
-    badge = (f"https://colab.research.google.com/github/{path}/blob/{BRANCH}/"
-             f"notebooks/{source.stem}.ipynb")
+    prefix = f"https://colab.research.google.com/github/{path}/blob/{BRANCH}/colab/"
+    badge, student = f"{prefix}{source.stem}.ipynb", f"{prefix}student/{source.stem}.ipynb"
     assert badge in text, f"{source.name}: Colab badge should link {badge}"
-    assert re.findall(r"colab\.research\.google\.com/github/\S+?\.ipynb", text) == [badge[8:]]
+    assert student in text, f"{source.name}: the student-copy link should be {student}"
+    found = re.findall(r"colab\.research\.google\.com/github/\S+?\.ipynb", text)
+    assert found == [badge[8:], student[8:]], f"{source.name}: other Colab links: {found}"
     installs = re.findall(r"enf_lib @ git\+(\S+?)[\"']", text)
     assert installs == [URL], f"{source.name}: install line should use {URL}, found {installs}"
     assert CONFIG["launch_buttons"]["colab_url"] == "https://colab.research.google.com"

@@ -15,7 +15,9 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+?/blob/[^/)\s]+/notebooks/")
+# A Colab link's prefix, up to the notebook's name; FOLDER: notebooks, colab or colab/student.
+BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+?/blob/[^/)\s]+/"
+                   r"(?P<folder>notebooks|colab/student|colab)/")
 INSTALL = re.compile(r"enf_lib @ git\+https://github\.com/[^\"'\s]+")
 
 
@@ -25,10 +27,10 @@ def repository() -> tuple[str, str]:
     return repo["url"].rstrip("/"), repo.get("branch", "main")
 
 
-def colab_prefix(url: str, branch: str) -> str:
-    """``https://colab.research.google.com/github/ORG/REPO/blob/BRANCH/notebooks/``."""
+def colab_prefix(url: str, branch: str, folder: str = "notebooks") -> str:
+    """``https://colab.research.google.com/github/ORG/REPO/blob/BRANCH/FOLDER/``."""
     path = url.removeprefix("https://github.com/")
-    return f"https://colab.research.google.com/github/{path}/blob/{branch}/notebooks/"
+    return f"https://colab.research.google.com/github/{path}/blob/{branch}/{folder}/"
 
 
 def main(argv: list[str]) -> None:
@@ -44,7 +46,7 @@ def main(argv: list[str]) -> None:
     url, branch = repository()
     sources = sorted((ROOT / "notebooks").glob("*.md"))
     for md in sources:
-        text = BADGE.sub(colab_prefix(url, branch), md.read_text())
+        text = BADGE.sub(lambda m: colab_prefix(url, branch, m["folder"]), md.read_text())
         md.write_text(INSTALL.sub(f"enf_lib @ git+{url}", text))
     subprocess.run([sys.executable, "-m", "jupytext", "--sync", *map(str, sources)], check=True)
 
