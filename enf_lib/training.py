@@ -198,7 +198,8 @@ def train_model(
         is returned). Its other state (if any) stays fixed.
       loss_fn: ``(model, batch, key) -> (loss, metrics)``; ``batch`` holds ``batch_size`` rows of
         every array in ``data``; ``key`` is fresh each step (augmentation, dropout, noise).
-      data: arrays with a common leading axis ``M``; moved to the device once.
+      data: arrays with a common leading axis ``M``; moved to the device once (float arrays
+        with NaN or inf are refused).
       ema_decay: also keep a debiased exponential moving average of the parameters
         (``optax.ema``: the initial weights get no weight at all, however slow the decay); the
         returned model then carries the EMA weights.
@@ -218,6 +219,9 @@ def train_model(
         raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     device_data = {name: jnp.asarray(a) for name, a in data.items()}
+    for name, a in device_data.items():   # once, before the loop: one reduction per array
+        if jnp.issubdtype(a.dtype, jnp.inexact) and not bool(jnp.isfinite(a).all()):
+            raise ValueError(f"data[{name!r}] contains NaN or infinite values")
     ema_tx = optax.ema(ema_decay, debias=True) if ema_decay is not None else None
 
     def loss(p: Any, batch: dict[str, Array], k: Array) -> tuple[Array, dict[str, Array]]:

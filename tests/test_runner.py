@@ -200,6 +200,9 @@ def test_train_model_fits_a_line_with_ema_and_resumes(tmp_path):
                     checkpoint_dir=ckpt)
     with pytest.raises(ValueError, match="differ in length"):
         train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y[:5]}, **kwargs)
+    y[3] = np.nan
+    with pytest.raises(ValueError, match=r"data\['y'\] contains NaN"):
+        train_model(Linear(nnx.Rngs(0)), loss_fn, {"x": x, "y": y}, **kwargs)
 
 
 def test_train_model_sees_every_item_once_per_epoch():
