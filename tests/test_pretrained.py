@@ -80,7 +80,7 @@ def test_notebooks_name_only_shipped_decoders() -> None:
     """Every pretrained name a chapter's profile asks for is shipped with the package."""
     names = set()
     for nb in sorted((ROOT / "notebooks").glob("*.md")):
-        for name in re.findall(r'"(cifar10-[\w{}-]+)"', nb.read_text()):
+        for name in re.findall(r'pretrained="([^"]+)"', nb.read_text()):
             names |= {name.format(b) for b in ("translation", "se2")} if "{}" in name else {name}
     assert names, "no chapter loads a pretrained decoder"
     assert names <= set(available()), f"missing: {sorted(names - set(available()))}"
