@@ -110,22 +110,29 @@ def test_shift_images_moves_content_and_repeats_the_edge():
     assert cls_exp.shift_images(img, 0) is img
 
 
+def fake_cifar10(seed_offset=0):
+    """A stand-in for ``load_cifar10``: synthetic shapes labelled by index."""
+    def load(split, limit=None):
+        n = limit or 64
+        seed = (0 if split == "train" else 1) + seed_offset
+        images = (shapes_dataset(n, size=32, seed=seed) * 255).astype(np.uint8)
+        return images, np.arange(n) % 10
+    return load
+
+
+TINY = cls_exp.Config(
+    enf=ENFConfig(num_latents=4, latent_dim=8, hidden_dim=16, att_dim=8, num_heads=1,
+                  num_freqs=8),
+    fit=FitConfig(batch_size=4, second_order=False, inner_coords=64, outer_coords=64),
+    classifier=dataclasses.replace(SMALL, steps=5), train_images=40, test_images=20,
+    meta_steps=3, fit_batch_size=16, shifts=(1,))
+
+
 @pytest.mark.slow
 def test_experiment_smoke_run_on_synthetic_data(tmp_path, monkeypatch):
     """Every stage at tiny scale on synthetic shapes labelled by a colour rule."""
-    def fake_cifar10(split, limit=None):
-        n = limit or 64
-        images = (shapes_dataset(n, size=32, seed=0 if split == "train" else 1) * 255).astype(np.uint8)
-        labels = np.arange(n) % 10
-        return images, labels
-
-    monkeypatch.setattr(cls_exp, "load_cifar10", fake_cifar10)
-    cfg = cls_exp.Config(
-        enf=ENFConfig(num_latents=4, latent_dim=8, hidden_dim=16, att_dim=8, num_heads=1,
-                      num_freqs=8),
-        fit=FitConfig(batch_size=4, second_order=False, inner_coords=64, outer_coords=64),
-        classifier=dataclasses.replace(SMALL, steps=5), train_images=40, test_images=20,
-        meta_steps=3, fit_batch_size=16, shifts=(1,))
+    monkeypatch.setattr(cls_exp.stages, "load_cifar10", fake_cifar10())
+    cfg = TINY
     metrics = cls_exp.run(cfg, Run(tmp_path, "cifar10-classification", "custom", cfg,
                                    verbose=False))
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -146,3 +153,37 @@ def test_experiment_smoke_run_on_synthetic_data(tmp_path, monkeypatch):
     assert all(r["reused"] for n, r in again["stages"].items()
                if n not in ("load_data", "evaluate")), again["stages"]
     assert again["test_accuracy"] == metrics["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(tmp_path, monkeypatch):
+    """Each input of the pipeline changed in turn: the stages downstream of it are computed
+    again, the others reused (keys chain from the stages a stage reads)."""
+    import enf_lib.experiments.runner as runner
+
+    monkeypatch.setattr(cls_exp.stages, "load_cifar10", fake_cifar10())
+
+    def rerun(cfg):
+        metrics = cls_exp.run(cfg, Run(tmp_path, "cifar10-classification", "custom", cfg,
+                                       verbose=False))
+        return {n for n, r in metrics["stages"].items()
+                if not r["reused"] and n not in ("load_data", "evaluate")}
+
+    everything = {"meta_train", "latents_train", "latents_test", "latents_test_shift1",
+                  "classifier_transformer", "classifier_invariant"}
+    classifiers = {"classifier_transformer", "classifier_invariant"}
+    latents = {"latents_train", "latents_test", "latents_test_shift1"}
+    assert rerun(TINY) == everything
+    assert rerun(TINY) == set()
+    # Downstream only: the classifiers, then the fitted latents (and so the classifiers).
+    assert rerun(dataclasses.replace(TINY, classifier=SMALL)) == classifiers
+    assert rerun(dataclasses.replace(TINY, fit_batch_size=8)) == latents | classifiers
+    # Upstream: the decoder's config or training, the seed, the code, the data.
+    assert rerun(dataclasses.replace(TINY, fit=dataclasses.replace(TINY.fit, outer_lr=2e-3))
+                 ) == everything
+    assert rerun(dataclasses.replace(TINY, meta_steps=4)) == everything
+    assert rerun(dataclasses.replace(TINY, seed=1)) == everything
+    monkeypatch.setattr(runner, "code_version", lambda: "another commit")
+    assert rerun(TINY) == everything
+    monkeypatch.setattr(cls_exp.stages, "load_cifar10", fake_cifar10(seed_offset=5))
+    assert rerun(TINY) == everything

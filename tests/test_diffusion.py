@@ -13,6 +13,7 @@ from flax import nnx
 from enf_lib import diffusion
 from enf_lib.diffusion import DiT, DiTConfig, DiTBlock
 from enf_lib.experiments import cifar10_diffusion as exp
+from enf_lib.sample_quality import fid_or_none, nearest_distances
 from enf_lib.experiments import make_config
 from enf_lib.experiments.runner import Run, override
 from enf_lib.model import count_params
@@ -173,7 +174,7 @@ def test_flow_matching_learns_a_two_class_gaussian():
 def test_nearest_distances_match_brute_force():
     rng = np.random.default_rng(0)
     q, r = rng.normal(size=(7, 2, 3)), rng.normal(size=(30, 2, 3))
-    d, i = exp.nearest_distances(q, r, batch_size=3)
+    d, i = nearest_distances(q, r, batch_size=3)
     full = np.linalg.norm(q.reshape(7, 1, -1) - r.reshape(1, 30, -1), axis=-1)
     np.testing.assert_array_equal(i, full.argmin(1))
     np.testing.assert_allclose(d, full.min(1), rtol=1e-4)
@@ -181,7 +182,7 @@ def test_nearest_distances_match_brute_force():
 
 def test_fid_is_skipped_with_a_reason_when_unavailable():
     images = np.zeros((4, 32, 32, 3), np.float32)
-    fid, note = exp.fid_or_none(images, images)
+    fid, note = fid_or_none(images, images)
     if fid is None:
         assert "pytorch-fid" in note or "weights" in note
     else:

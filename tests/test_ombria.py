@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -391,6 +392,12 @@ def test_experiment_runs_every_stage_and_reuses_them(tmp_path: Path, monkeypatch
     again = experiment.run(config, run2)
     assert all(record["reused"] for record in run2.stages.values())
     assert again["test_mean_iou"] == metrics["test_mean_iou"]
+    # A mask decoder setting reruns the mask decoder and what reads it, nothing upstream.
+    changed = dataclasses.replace(config, seg=dataclasses.replace(config.seg, lr=2e-3))
+    run3 = Run(tmp_path / "run", experiment.NAME, "toy", changed, verbose=False)
+    experiment.run(changed, run3)
+    assert {n for n, r in run3.stages.items() if not r["reused"]} == {"train_mask_decoder",
+                                                                      "predict_test"}
 
 
 @pytest.mark.slow
@@ -403,7 +410,7 @@ def test_memory_estimate_of_a_toy_config():
 
 
 def test_group_psnr_by_hand():
-    from enf_lib.experiments.ombria_segmentation import group_psnr
+    from enf_lib.experiments.ombria_segmentation.stages import group_psnr
 
     target = np.full((2, 4, 4, 8), 51, np.uint8)                      # 0.2 in [0, 1]
     pred = np.full((2, 4, 4, 8), 0.2, np.float32)

@@ -121,6 +121,27 @@ def test_stages_rerun_when_the_data_or_the_code_version_changes(tmp_path, monkey
         Run(tmp_path, "toy", "quick", Toy(), verbose=False).stage_dir("stage")
 
 
+def test_stage_keys_chain_from_the_stages_they_read(tmp_path):
+    computed = []
+
+    def pipeline(a=1, b=1, c=1):
+        run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+        run.use_data(np.arange(3))
+        for name, config, reads in (("a", a, ()), ("b", b, ("a",)), ("c", c, ("b",)),
+                                    ("d", 1, ("a",))):
+            run.cached(name, config, lambda: {"x": np.zeros(1)}, reads=reads)
+        computed.append({n for n, r in run.stages.items() if not r["reused"]})
+
+    for kwargs, rerun in (({}, {"a", "b", "c", "d"}), ({}, set()), ({"c": 2}, {"c"}),
+                          ({"b": 2}, {"b", "c"}), ({"a": 2}, {"a", "b", "c", "d"})):
+        pipeline(**kwargs)
+        assert computed[-1] == rerun, kwargs
+    run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
+    run.use_data(np.arange(3))
+    with pytest.raises(RuntimeError, match="reads \\['a'\\], which did not run"):
+        run.stage_dir("b", 1, reads=("a",))
+
+
 def test_latents_stage_is_keyed_by_the_fit_batch_size(tmp_path):
     from enf_lib.experiments.stages import fit_latents_stage
     from enf_lib.synthetic import shapes_dataset
@@ -131,8 +152,10 @@ def test_latents_stage_is_keyed_by_the_fit_batch_size(tmp_path):
     images = shapes_dataset(6, size=16, seed=0)
     run = Run(tmp_path, "toy", "quick", Toy(), verbose=False)
     run.use_data(images)
-    z4, _ = fit_latents_stage(run, "latents", lrn, state, images, deps=(), seed=0, batch_size=4)
-    z6, _ = fit_latents_stage(run, "latents", lrn, state, images, deps=(), seed=0, batch_size=6)
+    run.stage_dir("meta_train", "a decoder")
+    fit = dict(data_id="images", reads="meta_train", seed=0)
+    z4, _ = fit_latents_stage(run, "latents", lrn, state, images, **fit, batch_size=4)
+    z6, _ = fit_latents_stage(run, "latents", lrn, state, images, **fit, batch_size=6)
     assert not run.stages["latents"]["reused"]       # recomputed: chunks draw their own keys
     assert not np.allclose(z4.context[4:], z6.context[4:])
 

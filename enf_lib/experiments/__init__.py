@@ -4,8 +4,9 @@
     python -m enf_lib.experiments ombria-segmentation --profile standard --out runs/seg
     python -m enf_lib.experiments cifar10-diffusion --profile full --out runs/gen fit.batch_size=64
 
-Each experiment module defines a frozen dataclass ``Config``, ``PROFILES = {"quick": ...,
-"standard": ..., "full": ...}`` and ``run(config, run) -> metrics`` (see
+Each experiment is a package of three modules, ``config`` (a frozen dataclass ``Config`` and
+``PROFILES = {"quick": ..., "standard": ..., "full": ...}``), ``stages`` and ``figures``; its top
+level exports them with ``run(config, run) -> metrics``, which chains the stages (see
 :mod:`enf_lib.experiments.runner`).
 """
 

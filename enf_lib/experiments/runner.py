@@ -1,11 +1,12 @@
 """What every experiment shares: configs with command-line overrides, an output folder with
 cached stages, per-stage wall times, figures, and ``metrics.json`` with provenance.
 
-An experiment is a module with a frozen dataclass config, a ``PROFILES`` dict of configs
-(``quick``, ``standard``, ``full``) and ``run(config, run) -> metrics``; its stages cache their
-results in the run folder, keyed by a digest of everything they depend on, so rerunning the
-command skips finished stages (and resumes an interrupted meta-training) while a changed setting
-recomputes only the stages it affects.
+An experiment has a frozen dataclass config, a ``PROFILES`` dict of configs (``quick``,
+``standard``, ``full``) and ``run(config, run) -> metrics``; its stages cache their results in
+the run folder. :meth:`Run.stage_dir` keys each stage, in one place, by its own config, the keys
+of the stages it reads, the code version and the data, so rerunning the command skips finished
+stages (and resumes an interrupted meta-training) while a changed setting recomputes exactly the
+stages downstream of it.
 """
 
 from __future__ import annotations
@@ -148,9 +149,9 @@ class Run:
     """One run of an experiment in the folder ``out``.
 
     ``out/`` holds ``config.json`` (the config of the latest run), one folder per cached stage
-    (``<stage>-<digest>/``), ``figures/*.png`` and, at the end, ``metrics.json``. Every stage's
-    digest covers what its call site names (its config and the stages it reads) and, for all
-    stages alike, the code version and a fingerprint of the data (:meth:`use_data`).
+    (``<stage>-<key>/``), ``figures/*.png`` and, at the end, ``metrics.json``. A stage's key
+    (:meth:`stage_dir`) covers its own config, the keys of the stages it reads, the code version
+    and a fingerprint of the data (:meth:`use_data`).
 
     Args:
       out: the run folder (created).
@@ -175,6 +176,7 @@ class Run:
         self.stages: dict[str, dict[str, Any]] = {}
         self.code_version = code_version()
         self.data_id: str | None = None
+        self.keys: dict[str, str] = {}     # stage name -> key, for the stages that read it
         self._t0 = time.perf_counter()
         (self.out / "config.json").write_text(json.dumps(
             {"experiment": experiment, "profile": profile, "config": to_jsonable(config)},
@@ -189,17 +191,29 @@ class Run:
         another copy of a data set, or other images, never reuses a stage)."""
         self.data_id = fingerprint(*arrays)
 
-    def stage_dir(self, name: str, *deps: Any) -> Path:
-        """The folder of stage ``name`` for dependencies ``deps`` (created, with ``deps.json``);
-        its name also covers the code version and the data (:meth:`use_data` must come first)."""
+    def stage_dir(self, name: str, config: Any = None, *, reads: Sequence[str] = ()) -> Path:
+        """The folder of stage ``name`` (created, with ``key.json``).
+
+        Its key is derived here, and only here, from everything the stage depends on: its own
+        ``config`` (the settings, seeds and data selection it uses), the keys of the stages it
+        ``reads`` (named stages that ran earlier in this run, so that a change upstream reaches
+        every stage downstream), the code version and the fingerprint of the loaded data
+        (:meth:`use_data`, which must come first).
+        """
         if self.data_id is None:
             raise RuntimeError("call run.use_data(...) with the loaded data before any stage")
-        keyed = (*deps, {"code_version": self.code_version, "data": self.data_id})
-        path = self.out / f"{name}-{digest(*keyed)}"
+        missing = [r for r in reads if r not in self.keys]
+        if missing:
+            raise RuntimeError(f"stage {name!r} reads {missing}, which did not run earlier in "
+                               "this run: run those stages first")
+        keyed = {"config": config, "reads": {r: self.keys[r] for r in reads},
+                 "code_version": self.code_version, "data": self.data_id}
+        self.keys[name] = key = digest(name, keyed)
+        path = self.out / f"{name}-{key}"
         path.mkdir(parents=True, exist_ok=True)
-        deps_file = path / "deps.json"
-        if not deps_file.exists():
-            deps_file.write_text(json.dumps(to_jsonable(keyed), indent=2))
+        key_file = path / "key.json"
+        if not key_file.exists():
+            write_text(key_file, json.dumps(to_jsonable(keyed), indent=2))
         return path
 
     @contextlib.contextmanager
@@ -220,14 +234,15 @@ class Run:
         how = "reused" if record["reused"] else "done"
         self.log(f"[{self.experiment}] {name} {how} in {record['wall_time_s']:.1f} s")
 
-    def cached(self, name: str, deps: Sequence[Any],
-               compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """A stage whose result is a dict of arrays, saved as ``<stage dir>/arrays.npz``.
+    def cached(self, name: str, config: Any, compute: Callable[[], dict[str, np.ndarray]], *,
+               reads: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """A stage whose result is a dict of arrays, saved as ``<stage dir>/arrays.npz``
+        (keyed by ``config`` and ``reads`` as in :meth:`stage_dir`).
 
         Loaded when present (the stage is then marked reused), else computed and saved.
         """
         with self.stage(name) as record:
-            folder = self.stage_dir(name, *deps)
+            folder = self.stage_dir(name, config, reads=reads)
             path, timing = folder / "arrays.npz", folder / "timing.json"
             if path.exists() and timing.exists():
                 with np.load(path) as f:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +38,13 @@ def meta_train_stage(run: Run, learner: MetaLearner, images: np.ndarray, *, step
                      checkpoint_every: int = 500) -> tuple[MetaState, MetricLogger]:
     """Meta-train ``learner`` on ``images`` for ``steps`` outer steps, checkpointed in the run.
 
-    The checkpoint folder is keyed by the decoder and fitting configs, ``data_id`` (what
-    identifies the training images, e.g. ``("cifar10", "train", 512)``) and ``seed``; a rerun
-    resumes it, or reuses it when it already reached ``steps``.
+    The stage is keyed by the decoder and fitting configs, ``data_id`` (which of the loaded
+    images it trains on, e.g. ``("cifar10", "train", 512)``), ``seed`` and ``steps``; a rerun
+    resumes an interrupted training, or reuses a finished one.
     """
     with run.stage(name) as record:
-        folder = run.stage_dir(name, learner.enf, learner.cfg, data_id, seed)
+        folder = run.stage_dir(name, {"enf": learner.enf, "fit": learner.cfg, "data": data_id,
+                                      "seed": seed, "steps": steps})
         done_before = steps_done(folder)
         key = jax.random.key(seed)
         state, log = meta_train(learner, learner.init(key), images, steps=steps,
@@ -56,20 +56,20 @@ def meta_train_stage(run: Run, learner: MetaLearner, images: np.ndarray, *, step
 
 
 def fit_latents_stage(run: Run, name: str, learner: MetaLearner, state: MetaState,
-                      images: np.ndarray, *, deps: Sequence[Any], seed: int,
+                      images: np.ndarray, *, data_id: Any, reads: str, seed: int,
                       batch_size: int = 256, score: bool = True,
                       ) -> tuple[Latents, np.ndarray | None]:
     """Latents ``(M, ...)`` and per-image PSNR ``(M,)`` (``None`` with ``score=False``) for
-    ``images`` with the frozen decoder.
+    ``images`` with the frozen decoder ``state``, which the stage named ``reads`` trained.
 
-    Cached in the run under ``name``, keyed by ``deps`` (they must identify the decoder, e.g.
-    its configs, training data, seed and steps, and the images), ``seed``, ``batch_size`` (each
-    chunk draws its own key) and ``score``.
+    Cached in the run under ``name``, keyed by that stage, ``data_id`` (which images these
+    are), ``seed``, ``batch_size`` (each chunk draws its own key) and ``score``.
     """
     def compute() -> dict[str, np.ndarray]:
         z, scores = learner.fit_dataset(state, images, jax.random.key(seed), batch_size=batch_size,
                                         score=score, desc=f"{name} ({run.experiment})")
         return {**latents_to_arrays(z), **({"psnr": scores} if score else {})}
 
-    arrays = run.cached(name, (*deps, seed, batch_size, score), compute)
+    config = {"data": data_id, "seed": seed, "batch_size": batch_size, "score": score}
+    arrays = run.cached(name, config, compute, reads=(reads,))
     return latents_from_arrays(arrays), arrays.get("psnr")
