@@ -52,6 +52,16 @@ def test_badge_and_install_line_follow_the_repository_setting(source):
     assert "colab_url" not in (CONFIG.get("launch_buttons") or {})
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_code_lines_fit_in_79_columns(source):
+    """The book shows code cells 79 columns wide: longer lines would be clipped. The install
+    line is exempt, its length follows the repository URL (tools/set_repository_url.py)."""
+    long = [line for cell in jupytext.read(source).cells if cell.cell_type == "code"
+            for line in cell.source.splitlines()
+            if len(line) > 79 and "enf_lib @ git+" not in line]
+    assert not long, f"{source.name}: {len(long)} code lines over 79 columns:\n" + "\n".join(long)
+
+
 def test_every_notebook_is_in_the_table_of_contents():
     toc = (ROOT / "_toc.yml").read_text()
     files = re.findall(r"file:\s*(\S+)", toc) + re.findall(r"root:\s*(\S+)", toc)
