@@ -123,3 +123,25 @@ def test_book_builds_without_executing_the_notebooks(tmp_path):
     warnings = [line for line in out.stdout.splitlines() + out.stderr.splitlines()
                 if "WARNING" in line and "Location 'file" not in line]
     assert out.returncode == 0 and not warnings, "\n".join(warnings) or out.stdout[-3000:]
+    html = tmp_path / "out" / "_build" / "html"
+    _assert_mathjax_is_served_with_the_book(html)
+
+
+def _assert_mathjax_is_served_with_the_book(html: Path) -> None:
+    """Every page with math loads MathJax from the book's own _static folder, never from a
+    CDN: the formulas render without a network."""
+    pages = [page for page in html.glob("**/*.html") if "MathJax" in page.read_text()]
+    assert pages, "no page loads MathJax"
+    for page in pages:
+        scripts = re.findall(r"<script[^>]*\bsrc=\"([^\"]*mathjax[^\"]*)\"", page.read_text(), re.I)
+        assert scripts, f"{page.name}: MathJax configured but not loaded"
+        for src in scripts:
+            assert not re.match(r"(https?:)?//", src), f"{page.name} loads MathJax from {src}"
+            assert (page.parent / src).is_file(), f"{page.name}: {src} is missing"
+
+
+def test_mathjax_is_served_with_the_book():
+    """The extension that copies MathJax into the book is configured (the built pages are
+    checked in the non-executed build above)."""
+    assert "sphinx-mathjax-offline" in CONFIG["sphinx"]["extra_extensions"]
+    assert "mathjax_path" not in CONFIG["sphinx"].get("config", {}), "it would override it"
