@@ -31,7 +31,7 @@ def image_grid(rows: Sequence[np.ndarray], row_labels: Sequence[str] | None = No
         for c in range(n):
             _show(axes[r, c], images[c])
             if titles is not None and r == 0:
-                axes[r, c].set_title(titles[c], fontsize=8)
+                axes[r, c].set_title(titles[c], fontsize=9)
         if row_labels is not None:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
     fig.tight_layout()

@@ -52,6 +52,16 @@ def test_badge_and_install_line_follow_the_repository_setting(source):
     assert "colab_url" not in (CONFIG.get("launch_buttons") or {})
 
 
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_code_lines_fit_in_79_columns(source):
+    """The book shows code cells 79 columns wide: longer lines would be clipped. The install
+    line is exempt, its length follows the repository URL (tools/set_repository_url.py)."""
+    long = [line for cell in jupytext.read(source).cells if cell.cell_type == "code"
+            for line in cell.source.splitlines()
+            if len(line) > 79 and "enf_lib @ git+" not in line]
+    assert not long, f"{source.name}: {len(long)} code lines over 79 columns:\n" + "\n".join(long)
+
+
 def test_every_notebook_is_in_the_table_of_contents():
     toc = (ROOT / "_toc.yml").read_text()
     files = re.findall(r"file:\s*(\S+)", toc) + re.findall(r"root:\s*(\S+)", toc)
@@ -113,3 +123,25 @@ def test_book_builds_without_executing_the_notebooks(tmp_path):
     warnings = [line for line in out.stdout.splitlines() + out.stderr.splitlines()
                 if "WARNING" in line and "Location 'file" not in line]
     assert out.returncode == 0 and not warnings, "\n".join(warnings) or out.stdout[-3000:]
+    html = tmp_path / "out" / "_build" / "html"
+    _assert_mathjax_is_served_with_the_book(html)
+
+
+def _assert_mathjax_is_served_with_the_book(html: Path) -> None:
+    """Every page with math loads MathJax from the book's own _static folder, never from a
+    CDN: the formulas render without a network."""
+    pages = [page for page in html.glob("**/*.html") if "MathJax" in page.read_text()]
+    assert pages, "no page loads MathJax"
+    for page in pages:
+        scripts = re.findall(r"<script[^>]*\bsrc=\"([^\"]*mathjax[^\"]*)\"", page.read_text(), re.I)
+        assert scripts, f"{page.name}: MathJax configured but not loaded"
+        for src in scripts:
+            assert not re.match(r"(https?:)?//", src), f"{page.name} loads MathJax from {src}"
+            assert (page.parent / src).is_file(), f"{page.name}: {src} is missing"
+
+
+def test_mathjax_is_served_with_the_book():
+    """The extension that copies MathJax into the book is configured (the built pages are
+    checked in the non-executed build above)."""
+    assert "sphinx-mathjax-offline" in CONFIG["sphinx"]["extra_extensions"]
+    assert "mathjax_path" not in CONFIG["sphinx"].get("config", {}), "it would override it"
