@@ -129,12 +129,24 @@ TINY = cls_exp.Config(
 
 
 @pytest.mark.slow
-def test_experiment_smoke_run_on_synthetic_data(tmp_path, monkeypatch):
-    """Every stage at tiny scale on synthetic shapes labelled by a colour rule."""
+def test_experiment_runs_every_stage_and_reruns_exactly_what_a_change_affects(
+        tmp_path, monkeypatch):
+    """Every stage at tiny scale on synthetic shapes; then each input of the pipeline changed
+    in turn: the stages downstream of it are computed again, the others reused (keys chain from
+    the stages a stage reads)."""
+    import enf_lib.experiments.runner as runner
+
     monkeypatch.setattr(cls_exp.stages, "load_cifar10", fake_cifar10())
-    cfg = TINY
-    metrics = cls_exp.run(cfg, Run(tmp_path, "cifar10-classification", "custom", cfg,
-                                   verbose=False))
+
+    def run(cfg):
+        return cls_exp.run(cfg, Run(tmp_path, "cifar10-classification", "custom", cfg,
+                                    verbose=False))
+
+    def rerun(cfg):
+        return {n for n, r in run(cfg)["stages"].items()
+                if not r["reused"] and n not in ("load_data", "evaluate")}
+
+    metrics = run(TINY)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["num_test"] == 20 and set(saved["test_accuracy"]) == {"transformer", "invariant"}
     assert all(0 <= a <= 1 for a in saved["test_accuracy"].values())
@@ -142,47 +154,24 @@ def test_experiment_smoke_run_on_synthetic_data(tmp_path, monkeypatch):
     assert saved["shift_pixels"] == [0, 1] and len(saved["shift_accuracy"]["invariant"]) == 2
     latent_inv = saved["shift_accuracy_latent"]["invariant"]
     assert latent_inv[0] == latent_inv[1] == saved["test_accuracy"]["invariant"]
-    assert {"meta_train", "latents_train", "latents_test", "classifier_invariant",
-            "latents_test_shift1"} <= set(saved["wall_time_s"])
     assert saved["provenance"]["config"]["meta_steps"] == 3
     for name in ("confusion", "shift_accuracy", "latents", "enf_training"):
         assert (tmp_path / "figures" / f"{name}.png").exists()
-    # A second run reuses every stage.
-    again = cls_exp.run(cfg, Run(tmp_path, "cifar10-classification", "custom", cfg,
-                                 verbose=False))
+    everything = {"meta_train", "latents_train", "latents_test", "latents_test_shift1",
+                  "classifier_transformer", "classifier_invariant"}
+    assert {n for n, r in metrics["stages"].items() if not r["reused"]} >= everything
+
+    again = run(TINY)                                   # nothing changed: everything reused
     assert all(r["reused"] for n, r in again["stages"].items()
                if n not in ("load_data", "evaluate")), again["stages"]
     assert again["test_accuracy"] == metrics["test_accuracy"]
-
-
-@pytest.mark.slow
-def test_a_changed_input_reruns_exactly_the_stages_that_depend_on_it(tmp_path, monkeypatch):
-    """Each input of the pipeline changed in turn: the stages downstream of it are computed
-    again, the others reused (keys chain from the stages a stage reads)."""
-    import enf_lib.experiments.runner as runner
-
-    monkeypatch.setattr(cls_exp.stages, "load_cifar10", fake_cifar10())
-
-    def rerun(cfg):
-        metrics = cls_exp.run(cfg, Run(tmp_path, "cifar10-classification", "custom", cfg,
-                                       verbose=False))
-        return {n for n, r in metrics["stages"].items()
-                if not r["reused"] and n not in ("load_data", "evaluate")}
-
-    everything = {"meta_train", "latents_train", "latents_test", "latents_test_shift1",
-                  "classifier_transformer", "classifier_invariant"}
+    # Downstream only: the classifiers, then the fitted latents (and so the classifiers).
     classifiers = {"classifier_transformer", "classifier_invariant"}
     latents = {"latents_train", "latents_test", "latents_test_shift1"}
-    assert rerun(TINY) == everything
-    assert rerun(TINY) == set()
-    # Downstream only: the classifiers, then the fitted latents (and so the classifiers).
     assert rerun(dataclasses.replace(TINY, classifier=SMALL)) == classifiers
     assert rerun(dataclasses.replace(TINY, fit_batch_size=8)) == latents | classifiers
-    # Upstream: the decoder's config or training, the seed, the code, the data.
-    assert rerun(dataclasses.replace(TINY, fit=dataclasses.replace(TINY.fit, outer_lr=2e-3))
-                 ) == everything
+    # Upstream: the decoder's training, the code, the data.
     assert rerun(dataclasses.replace(TINY, meta_steps=4)) == everything
-    assert rerun(dataclasses.replace(TINY, seed=1)) == everything
     monkeypatch.setattr(runner, "code_version", lambda: "another commit")
     assert rerun(TINY) == everything
     monkeypatch.setattr(cls_exp.stages, "load_cifar10", fake_cifar10(seed_offset=5))
