@@ -228,6 +228,7 @@ def test_experiment_runs_end_to_end_and_reuses_its_stages(tmp_path):
     assert metrics["sampling"]["seconds_per_image"] > 0
     assert metrics["nearest_neighbours"]["num"] == 10
     assert metrics["pose_study"]["moving_pose_shift_grid_spacings"] >= 0
+    assert metrics["pose_study"]["moving_minus_fixed_se"] >= 0
     assert metrics["fid"] is None or metrics["fid"] >= 0
     assert isinstance(metrics["fid_note"], str) and metrics["fid_note"]
     assert metrics["fid_samples"] == {"generated": 10 * cfg.sampling.per_class,

@@ -133,7 +133,9 @@ def pose_study(run: Run, c: Config, learner: MetaLearner, state: MetaState,
     ``psnr_moving`` (the other decoder at its fitted poses), ``psnr_moving_at_grid`` (its
     contexts decoded at fresh grid poses, as a sampler that generates only contexts would),
     ``psnr_fixed_at_fresh_poses`` (the fixed decoder's contexts at another draw of the initial
-    pose noise), and ``moving_pose_shift_grid_spacings``: the mean displacement of the moving
+    pose noise), ``moving_minus_fixed`` and ``moving_minus_fixed_se``: the mean and standard
+    error of the paired per-image difference of the first two (both decoders fit the same
+    images), and ``moving_pose_shift_grid_spacings``: the mean displacement of the moving
     decoder's latents from a fresh grid draw, in grid spacings.
     """
     moving = learner.with_config(lr_pose=c.pose_study_lr)
@@ -152,10 +154,13 @@ def pose_study(run: Run, c: Config, learner: MetaLearner, state: MetaState,
                                   target[i:i + 500])) for i in range(0, len(target), 500)]
         return float(np.concatenate(scores).mean())
 
+    gain = psnr_moving - psnr_fixed                     # (N,): the same test images
     spacing = 2.0 / np.sqrt(c.enf.num_latents)
     shift = np.linalg.norm(z_moving.position - fresh.position, axis=-1).mean() / spacing
     return {
         "psnr_fixed": float(psnr_fixed.mean()),
+        "moving_minus_fixed": float(gain.mean()),
+        "moving_minus_fixed_se": float(gain.std(ddof=1) / np.sqrt(len(gain))),
         "psnr_moving": float(psnr_moving.mean()),
         "psnr_moving_at_grid": score(moving, m_state, fresh.replace(context=z_moving.context)),
         "psnr_fixed_at_fresh_poses": score(learner, state,
